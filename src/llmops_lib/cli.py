@@ -1,0 +1,163 @@
+"""The `llmops` command: inspect models, serve them, run runbooks.
+
+Every error the library raises on purpose is printed as one line (`error: …`) with a non-zero
+exit; see `llmops runbook run --help` for the runbook exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmops_lib.errors import LLMOpsError, RunbookParameterError
+
+app = typer.Typer(
+    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, run runbooks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Inspect model files (GGUF).", no_args_is_help=True)
+runbook_app = typer.Typer(help="Run operational notebooks (papermill) with validated parameters.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(runbook_app, name="runbook")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def resolve_model(path: Optional[Path]) -> Path:
+    from llmops_lib.models import default_model
+
+    return path if path is not None else default_model()
+
+
+ModelOption = Annotated[
+    Optional[Path], typer.Option("--model", "-m", help="GGUF file to use. Default: the embedded Gemma 3 270M Q4_K_M.")
+]
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM stops `serve` as Ctrl-C does, so the server child is always stopped."""
+    raise KeyboardInterrupt
+
+
+@model_app.command("info")
+def model_info(
+    path: Annotated[Optional[Path], typer.Argument(help="GGUF file. Default: the embedded default model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a GGUF file's architecture, size, parameters, context, vocabulary and quantization types."""
+    from llmops_lib.models import inspect_gguf
+
+    try:
+        info = inspect_gguf(resolve_model(path))
+    except LLMOpsError as exc:
+        raise fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(info.summary() | {"tensor types": info.tensor_types}, indent=2))
+        return
+    summary = info.summary()
+    width = max(len(key) for key in [*summary, *info.tensor_types]) + 2
+    for key, value in summary.items():
+        typer.echo(f"{key:<{width}}  {value}")
+    typer.echo("quantization by tensor group:")
+    for group, kind in info.tensor_types.items():
+        typer.echo(f"  {group:<{width - 2}}  {kind}")
+
+
+@model_app.command("path")
+def model_path() -> None:
+    """Print the path of the default model (assembling and verifying it first)."""
+    try:
+        typer.echo(resolve_model(None))
+    except LLMOpsError as exc:
+        raise fail(str(exc))
+
+
+@app.command()
+def serve(
+    model: ModelOption = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    ctx: Annotated[int, typer.Option("--ctx", help="Context length per request, in tokens.")] = 2048,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: half the cores.")] = None,
+    parallel: Annotated[int, typer.Option(help="Requests served at once (continuous batching slots).")] = 4,
+) -> None:
+    """Serve a model with llama.cpp's llama-server (OpenAI-compatible API, /metrics, /health) until Ctrl-C."""
+    from llmops_lib.engines import EngineSpec, LlamaServer
+
+    try:
+        spec = EngineSpec(model=resolve_model(model), n_ctx=ctx, parallel=parallel, **({"threads": threads} if threads else {}))
+        with LlamaServer(spec, port=port) as server:
+            typer.echo(f"serving {spec.model.name} at {server.base_url}/v1 (metrics: /metrics, log: {server.log_path})")
+            typer.echo("press Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                while server.running():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                typer.echo("stopping")
+                return
+            raise fail(f"llama-server exited on its own: {server.log_tail()} (log: {server.log_path})")
+    except LLMOpsError as exc:
+        raise fail(str(exc))
+
+
+@runbook_app.command("list")
+def runbook_list() -> None:
+    """List the runbooks and their parameters."""
+    from llmops_lib.runbooks import available_runbooks, declared_parameters, find_runbook
+
+    for name in available_runbooks():
+        params = declared_parameters(find_runbook(name))
+        typer.echo(f"{name}: " + ", ".join(f"{p.name}: {p.type_name} = {p.default}" for p in params.values()))
+
+
+@runbook_app.command("params")
+def runbook_params(name: Annotated[str, typer.Argument(help="Runbook name or .ipynb path.")]) -> None:
+    """Show the typed parameters a runbook accepts, with defaults and help."""
+    from llmops_lib.runbooks import declared_parameters, find_runbook
+
+    try:
+        params = declared_parameters(find_runbook(name))
+    except RunbookParameterError as exc:
+        raise fail(str(exc), 2)
+    for p in params.values():
+        typer.echo(f"{p.name}: {p.type_name} = {p.default}" + (f"    # {p.help}" if p.help else ""))
+
+
+@runbook_app.command("run")
+def runbook_run(
+    name: Annotated[str, typer.Argument(help="Runbook name (see `llmops runbook list`) or .ipynb path.")],
+    param: Annotated[
+        Optional[list[str]], typer.Option("--param", "-p", help="key=value; repeat for several. Checked against the runbook's typed parameters.")
+    ] = None,
+    cell_timeout: Annotated[Optional[int], typer.Option(help="Seconds a single cell may run before the run counts as broken.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over the cells.")] = True,
+) -> None:
+    """Run a runbook and archive its output notebook under LLMOPS_HOME/runs/<run-id>/.
+
+    Exit codes: 0 success · 2 bad parameters or unknown runbook (nothing ran) · 3 a gate failed (the system is outside a threshold) · 4 the run broke (an error that is not a gate, a timeout).
+
+    The output notebook, parameters.json and summary.json are archived in every case but 2.
+    """
+    from llmops_lib.runbooks import ExitCode, parse_assignments, run_runbook
+
+    try:
+        result = run_runbook(name, parse_assignments(param or []), progress_bar=progress, cell_timeout_s=cell_timeout)
+    except RunbookParameterError as exc:
+        raise fail(str(exc), ExitCode.BAD_PARAMETERS)
+    except LLMOpsError as exc:
+        raise fail(str(exc), ExitCode.INFRASTRUCTURE)
+    for key, value in result.records.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo(f"{result.status} ({result.duration_s:.1f} s): {result.run_dir}")
+    if result.exit_code != ExitCode.OK:
+        raise fail(result.error or result.status, result.exit_code)

@@ -1,0 +1,174 @@
+"""Run an engine's HTTP server as a child process: start, wait for health, stop, keep the log.
+
+Every server the library starts, it stops (context manager, and an `atexit` guard for the
+interactive case); its log is kept under `LLMOPS_HOME/logs/engines/`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from datetime import datetime
+from pathlib import Path
+from typing import Self
+
+import httpx
+
+from llmops_lib.config import settings
+from llmops_lib.engines.base import Completion
+from llmops_lib.engines.client import OpenAIClient
+from llmops_lib.engines.spec import EngineSpec
+from llmops_lib.errors import EngineError, ModelError
+from llmops_lib.models import GGUF_MAGIC
+
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a missing or non-GGUF model before spending seconds starting an engine on it."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    with path.open("rb") as stream:
+        if stream.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+class ServerEngine(ABC):
+    """An OpenAI-compatible engine server on 127.0.0.1, as a context manager.
+
+    Subclasses say how to launch it (`command`) and where it reports health (`health_path`).
+    """
+
+    name = "server"
+    health_path = "/health"
+
+    def __init__(self, spec: EngineSpec, *, port: int | None = None, start_timeout_s: float = 120.0) -> None:
+        self.spec = spec
+        self.port = port
+        self.start_timeout_s = start_timeout_s
+        self.log_path: Path | None = None
+        self._process: subprocess.Popen | None = None
+        self._client: OpenAIClient | None = None
+
+    @abstractmethod
+    def command(self, port: int) -> list[str]:
+        """The argv that starts the server on `port`."""
+
+    @property
+    def base_url(self) -> str:
+        if self._process is None:
+            raise EngineError(f"{self.name} is not running: use it inside `with` or call start()")
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def client(self) -> OpenAIClient:
+        if self._client is None:
+            self._client = OpenAIClient(self.base_url)
+        return self._client
+
+    def start(self) -> Self:
+        check_model_file(self.spec.model)
+        if self.port is None:
+            self.port = free_port()
+        elif port_in_use(self.port):
+            raise EngineError(f"port {self.port} on {HOST} is in use: stop what listens there or choose another port")
+        log_dir = settings().logs_dir / "engines"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}-{datetime.now():%Y%m%d-%H%M%S}-{self.port}.log"
+        with self.log_path.open("wb") as log:
+            try:
+                self._process = subprocess.Popen(
+                    self.command(self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            except FileNotFoundError as exc:
+                raise EngineError(f"cannot start {self.name}: {exc.filename} not found; run make to install it") from exc
+        atexit.register(self.stop)
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        url = f"http://{HOST}:{self.port}{self.health_path}"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                raise EngineError(
+                    f"{self.name} exited with code {code} while starting: {self.log_tail()} (log: {self.log_path})"
+                )
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise EngineError(
+            f"{self.name} was not healthy after {self.start_timeout_s:.0f} s: {self.log_tail()} (log: {self.log_path})"
+        )
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines of the server's log, joined on one line, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return "no log"
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(line.strip() for line in text[-lines:]) or "empty log"
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def complete(self, prompt: str, **kwargs) -> Completion:
+        """One timed completion over HTTP (see `OpenAIClient.complete`)."""
+        if not self.running():
+            raise EngineError(f"{self.name} is not running (log: {self.log_path}): {self.log_tail()}")
+        return self.client.complete(prompt, **kwargs)
+
+    def metrics_text(self) -> str:
+        """The server's Prometheus exposition text (`/metrics`)."""
+        response = self.client.get("/metrics")
+        if response.status_code != 200:
+            raise EngineError(f"{self.name} has no metrics endpoint (HTTP {response.status_code})")
+        return response.text

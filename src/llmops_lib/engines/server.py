@@ -160,10 +160,14 @@ class ServerEngine(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def complete(self, prompt: str, **kwargs) -> Completion:
-        """One timed completion over HTTP (see `OpenAIClient.complete`)."""
+    def require_running(self) -> None:
+        """Raise `EngineError` with the log's tail if the server is not (or no longer) running."""
         if not self.running():
             raise EngineError(f"{self.name} is not running (log: {self.log_path}): {self.log_tail()}")
+
+    def complete(self, prompt: str, **kwargs) -> Completion:
+        """One timed completion over HTTP (see `OpenAIClient.complete`)."""
+        self.require_running()
         return self.client.complete(prompt, **kwargs)
 
     def metrics_text(self) -> str:

@@ -26,6 +26,11 @@ KV_BYTES_PER_ELEMENT: dict[str, float] = {
 }
 KV_CACHE_TYPES = tuple(KV_BYTES_PER_ELEMENT)
 
+# Speculative decoding types of llama-server's `--spec-type` that work with ordinary GGUF files:
+# `draft-simple` drafts with a smaller model; the `ngram-*` types look drafts up in the text so far.
+# (EAGLE-3, MTP and DFlash need draft heads trained for the target, which no model here has.)
+SPEC_TYPES = ("draft-simple", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
+
 
 def default_threads() -> int:
     """Half the cores (at least one): generation is memory-bound, and on a busy 2-core machine
@@ -48,6 +53,12 @@ class EngineSpec:
         swa_full: keep the whole context in sliding-window layers too (Gemma 3). Off, as in
             llama-server: those layers then cache only their window, a fraction of the memory.
         seed: sampling seed, so temperature > 0 is repeatable on one engine build.
+        spec_type: speculative decoding type (one of `SPEC_TYPES`), None for none. Given a
+            `draft_model` and no type, `draft-simple` is used. Explained in:
+            book/chapters/02_optimization/speculative_decoding.
+        draft_model: GGUF of the draft model (`draft-simple`); it must share the model's vocabulary,
+            which `LlamaServer.start` checks before anything starts.
+        draft_max, draft_min: most and fewest tokens drafted per step (llama-server's defaults if None).
         extra_args: further command-line flags for a server engine, passed through as given.
     """
 
@@ -61,6 +72,10 @@ class EngineSpec:
     flash_attn: bool = False
     swa_full: bool = False
     seed: int = 0
+    spec_type: str | None = None
+    draft_model: Path | None = None
+    draft_max: int | None = None
+    draft_min: int | None = None
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -79,10 +94,37 @@ class EngineSpec:
             raise SpecError(
                 f"a quantized V cache (cache_type_v={self.cache_type_v}) needs flash_attn=True in llama.cpp"
             )
+        self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        if self.draft_model is not None:
+            object.__setattr__(self, "draft_model", Path(self.draft_model))
+            if self.spec_type is None:
+                object.__setattr__(self, "spec_type", "draft-simple")
+        if self.spec_type is not None and self.spec_type not in SPEC_TYPES:
+            raise SpecError(
+                f"EngineSpec.spec_type={self.spec_type!r} is not a speculative decoding type; "
+                f"use one of {', '.join(SPEC_TYPES)} (or None for none)"
+            )
+        if self.spec_type == "draft-simple" and self.draft_model is None:
+            raise SpecError("EngineSpec.spec_type='draft-simple' needs a draft_model (a GGUF with the same vocabulary)")
+        if self.draft_model is not None and self.spec_type != "draft-simple":
+            raise SpecError(f"EngineSpec.draft_model is used by spec_type='draft-simple' only, not {self.spec_type!r}")
+        for name in ("draft_max", "draft_min"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.spec_type is None:
+                raise SpecError(f"EngineSpec.{name} needs speculative decoding: set spec_type too")
+            if int(value) < 0:
+                raise SpecError(f"EngineSpec.{name} must be at least 0, got {value}")
+        if self.draft_max is not None and self.draft_min is not None and self.draft_min > self.draft_max:
+            raise SpecError(f"EngineSpec.draft_min ({self.draft_min}) is above draft_max ({self.draft_max})")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form, for run records and benchmark output."""
         data = asdict(self)
         data["model"] = str(self.model)
+        data["draft_model"] = str(self.draft_model) if self.draft_model else None
         data["extra_args"] = list(self.extra_args)
         return data

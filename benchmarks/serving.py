@@ -1,0 +1,131 @@
+"""Serving: continuous batching on llama-server, and a check of the load generator itself.
+
+Starts one llama-server with as many slots (`--parallel`) as the highest concurrency, then, for
+each concurrency (default 1, 2, 4, 8, 16), runs a closed loop of `--rounds` × concurrency requests
+of exactly `--output-len` tokens with `llmops_lib.bench.run_load`, and reports vLLM `bench serve`'s
+metrics: aggregate output throughput (and its ratio to a single stream), TTFT, TPOT, ITL, E2EL.
+
+Around each level it reads the server's Prometheus counters, a second measurement independent of
+the client: the increase of `llamacpp:tokens_predicted_total` over the same window gives the
+server's count of output tokens and its throughput. The claims, ratios from one run:
+
+- batching: aggregate output throughput at concurrency 8 >= 3x a single stream;
+- agreement: the load generator's and the server's throughput agree within 5% at every level
+  (and their token counts exactly); also checked, on independent clocks: the time spent
+  generating, Σ(E2EL − TTFT) over the client's streams vs the server's slot timers.
+
+Prints a table and writes JSON (default benchmarks/results/serving.json). Exits 0 whatever the
+claims say: a claim that fails on this machine is a result, reported as FAIL in the table.
+
+Threads: the server uses all cores by default, which is what serving on this machine means; on a
+busy machine llama.cpp's spinning threads collapse, so pass --threads 1 there and say so.
+
+    .venv/bin/python benchmarks/serving.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from llmops_lib.bench import LoadPlan, Workload, run_load
+from llmops_lib.bench.prometheus import GENERATION_SECONDS, OUTPUT_TOKENS, scrape
+from llmops_lib.bench.results import write_report
+from llmops_lib.engines import EngineSpec, LlamaServer
+from llmops_lib.models import default_model
+
+BATCHING_CLAIM = (8, 3.0)  # concurrency, minimum throughput ratio to a single stream
+AGREEMENT_TOLERANCE = 0.05
+
+
+def measure_level(server: LlamaServer, concurrency: int, rounds: int, output_len: int, seed: int) -> dict[str, float]:
+    """One closed-loop run at `concurrency`, with the server's counters read around it."""
+    before = scrape(server.client)
+    result = run_load(
+        server.client,
+        Workload.random(output_len, seed=seed),
+        LoadPlan(concurrency=concurrency, num_requests=rounds * concurrency),
+        progress=False,
+    )
+    after = scrape(server.client)
+    server_tokens = before.increase(after, OUTPUT_TOKENS)
+    m = result.metrics
+    return m.as_dict() | {
+        "concurrency": concurrency,
+        "errors": dict(result.errors),
+        "server_output_tokens": server_tokens,
+        "server_output_throughput": server_tokens / (after.at_s - before.at_s),
+        # Time spent generating after the first token, summed over requests, on two clocks: the
+        # client's streams (E2EL − TTFT) and the server's slots (its own C++ timers).
+        "client_generation_s": sum(c.latency_s - c.ttft_s for c in result.completions),
+        "server_generation_s": before.increase(after, GENERATION_SECONDS),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="server threads (default: all cores; run on a quiet machine)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="concurrency levels; 1 is the single-stream baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="requests per level = rounds x concurrency")
+    parser.add_argument("--output-len", type=int, default=64, help="tokens generated per request (ignore_eos)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workload")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/serving.json"), help="where to write JSON")
+    args = parser.parse_args()
+    if min(args.concurrency) < 1 or args.rounds < 1 or args.output_len < 2 or args.threads < 1:
+        parser.error("--concurrency, --rounds and --threads must be at least 1, --output-len at least 2")
+    levels = sorted(set(args.concurrency) | {1})
+
+    spec = EngineSpec(model=default_model(), n_ctx=512, threads=args.threads, parallel=max(levels))
+    results = []
+    with LlamaServer(spec) as server:
+        server.complete("Warm up.", max_tokens=4)
+        for concurrency in levels:
+            print(f"concurrency {concurrency} …", file=sys.stderr)
+            results.append(measure_level(server, concurrency, args.rounds, args.output_len, args.seed))
+    single = results[0]["output_throughput"]
+    for row in results:
+        row["throughput_vs_single"] = row["output_throughput"] / single
+        row["throughput_disagreement"] = abs(row["output_throughput"] / row["server_output_throughput"] - 1)
+        row["generation_time_disagreement"] = abs(row["client_generation_s"] / row["server_generation_s"] - 1)
+
+    header = (f"{'conc':>4}{'ok':>5}{'fail':>5}{'out tok/s':>11}{'× 1':>6}{'server tok/s':>14}{'Δ':>7}{'Δ gen s':>9}"
+              f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}{'E2EL p50':>10}{'p99':>8}")
+    print(header + "\n" + "-" * len(header))
+    for r in results:
+        print(f"{r['concurrency']:>4}{r['completed']:>5}{r['failed']:>5}{r['output_throughput']:>11.1f}"
+              f"{r['throughput_vs_single']:>6.2f}{r['server_output_throughput']:>14.1f}{r['throughput_disagreement']:>7.1%}{r['generation_time_disagreement']:>9.1%}"
+              f"{r['median_ttft_ms']:>10.0f}{r['p99_ttft_ms']:>8.0f}{r['median_tpot_ms']:>10.1f}{r['p99_itl_ms']:>9.1f}"
+              f"{r['median_e2el_ms']:>10.0f}{r['p99_e2el_ms']:>8.0f}")
+    print("(times in ms; Δ = |load generator / server counters − 1| for output tok/s; "
+          "Δ gen s: the same for time spent generating, Σ(E2EL − TTFT) vs llamacpp:tokens_predicted_seconds_total)")
+
+    claims = {}
+    level, minimum = BATCHING_CLAIM
+    by_level = {r["concurrency"]: r for r in results}
+    if level in by_level:
+        ratio = by_level[level]["throughput_vs_single"]
+        claims["batching"] = {"claim": f"throughput at concurrency {level} >= {minimum}x one stream", "value": ratio, "passed": ratio >= minimum}
+    worst = max(r["throughput_disagreement"] for r in results)
+    claims["agreement"] = {
+        "claim": f"load generator and server counters agree on throughput within {AGREEMENT_TOLERANCE:.0%} (and on every token)",
+        "value": worst,
+        "passed": worst <= AGREEMENT_TOLERANCE and all(r["total_output_tokens"] == r["server_output_tokens"] for r in results),
+    }
+    worst = max(r["generation_time_disagreement"] for r in results)
+    claims["timing_agreement"] = {
+        "claim": f"client streams and server slot timers agree on generation time within {AGREEMENT_TOLERANCE:.0%}",
+        "value": worst,
+        "passed": worst <= AGREEMENT_TOLERANCE,
+    }
+    for name, claim in claims.items():
+        print(f"{'PASS' if claim['passed'] else 'FAIL'}  {name}: {claim['claim']} (measured {claim['value']:.3g})")
+
+    report = {"spec": spec.as_dict(), "rounds": args.rounds, "output_len": args.output_len, "seed": args.seed}
+    write_report(args.json, "serving", report | {"claims": claims, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Speculative decoding: same greedy output, acceptance reported, and a policy that turns it off."""
+
+from dataclasses import replace
+
+import pytest
+
+from llmops_lib.engines import LlamaServer
+from llmops_lib.engines.llamacpp import ServerTimings
+from llmops_lib.errors import SpecError
+from llmops_lib.optimize.speculative import (
+    WORKLOADS,
+    AdaptiveServer,
+    AdaptiveSpeculation,
+    compare,
+    draft_model,
+    warm_up,
+)
+
+COPY_HEAVY = [w for w in WORKLOADS.values() if w.kind == "copy-heavy"]
+
+
+def timings(tokens_per_s: float, drafted: int = 0, accepted: int = 0) -> ServerTimings:
+    return ServerTimings(predicted_n=100, predicted_ms=100 / tokens_per_s * 1000, draft_n=drafted, draft_n_accepted=accepted)
+
+
+def test_policy_measures_plain_then_speculation_then_keeps_the_faster():
+    policy = AdaptiveSpeculation(samples=1, probe_every=10)
+    assert policy.choose("chat") is False  # first a plain baseline
+    policy.record("chat", False, timings(50))
+    assert policy.choose("chat") is True  # then one speculative measurement
+    policy.record("chat", True, timings(40, drafted=100, accepted=20))  # low acceptance: slower
+    assert not policy.speculation_pays("chat")
+    assert policy.choose("chat") is False
+    assert policy.arms["chat"][True].acceptance_rate == pytest.approx(0.2)
+
+
+def test_policy_keeps_speculation_where_it_wins_and_probes_the_other_way():
+    policy = AdaptiveSpeculation(samples=1, probe_every=4)
+    policy.record("edit", False, timings(50))
+    policy.record("edit", True, timings(120, drafted=100, accepted=90))
+    choices = [policy.choose("edit")]
+    policy.record("edit", True, timings(120, drafted=100, accepted=90))
+    choices.append(policy.choose("edit"))  # 4th request: a probe of plain decoding
+    assert choices == [True, False]
+
+
+def test_policy_needs_a_margin_and_keeps_workloads_apart():
+    policy = AdaptiveSpeculation(samples=1, margin=0.05)
+    policy.record("a", False, timings(100))
+    policy.record("a", True, timings(103))  # 3 % faster: within noise, not worth it
+    assert not policy.speculation_pays("a")
+    assert policy.choose("b") is False and policy.arms["b"][True].requests == 0
+
+
+def test_policy_settings_are_checked():
+    with pytest.raises(SpecError, match="probe_every >= 2"):
+        AdaptiveSpeculation(probe_every=1)
+
+
+@pytest.fixture(scope="module")
+def ngram_server(spec):
+    with LlamaServer(replace(spec, parallel=1, spec_type="ngram-simple")) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def draft_server(spec):
+    with LlamaServer(replace(spec, parallel=1, draft_model=draft_model(), draft_max=8)) as engine:
+        yield engine
+
+
+@pytest.mark.engine
+def test_ngram_speculation_keeps_greedy_output_and_reports_acceptance(server, ngram_server):
+    rows = compare(server, ngram_server, COPY_HEAVY, max_tokens=96)
+    for row in rows:
+        assert row.identical, row.workload
+        assert row.drafted > 0 and row.acceptance_rate > 0, row.workload
+
+
+@pytest.mark.engine
+def test_draft_model_speculation_keeps_greedy_output(server, draft_server):
+    (row,) = compare(server, draft_server, COPY_HEAVY[:1], max_tokens=48)
+    assert row.identical and row.accepted > 0
+
+
+@pytest.mark.engine
+def test_adaptive_policy_turns_a_losing_speculation_off(server, draft_server):
+    # A draft model as large as the model itself costs more than it saves on free text.
+    warm_up(server, draft_server)
+    adaptive = AdaptiveServer(server, draft_server, AdaptiveSpeculation(samples=1, margin=0.0))
+    free_text = WORKLOADS["free text"]
+    served = [adaptive.generate(free_text, max_tokens=32) for _ in range(3)]
+    assert [g.speculative for g in served] == [False, True, False]
+    assert not adaptive.policy.speculation_pays(free_text.name)

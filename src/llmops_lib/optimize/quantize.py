@@ -19,8 +19,10 @@ import mmap
 import os
 import shutil
 import struct
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -187,15 +189,49 @@ def quantize(reference: Path, variant: Variant, *, threads: int | None = None) -
         return target
 
     def write(partial: Path) -> None:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = _ftype(variant.qtype)
-        params.nthread = threads or default_threads()
-        if variant.embedding:
-            params.token_embedding_type = getattr(llama_cpp, f"GGML_TYPE_{variant.embedding}")
-        if llama_cpp.llama_model_quantize(str(reference).encode(), str(partial).encode(), params) != 0:
-            raise ModelError(f"llama.cpp could not quantize {reference} to {variant.label} (see its log above)")
+        llama_quantize(reference, partial, variant.qtype, embedding=variant.embedding, threads=threads or default_threads())
 
     return _write_atomically(target, write, f"the {variant.label} model")
+
+
+@contextmanager
+def _stderr_to(log: Path) -> Iterator[None]:
+    """Send this process's file descriptor 2 (where llama.cpp's C code logs) to `log`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
+def llama_quantize(
+    source: Path, partial: Path, file_type: str, *, embedding: str | None = None, threads: int = 1, allow_requantize: bool = False
+) -> None:
+    """Run llama.cpp's quantizer from `source` into `partial`.
+
+    Its log (a warning for every tensor whose 640 columns rule out k-quants) goes to
+    `LLMOPS_HOME/logs/quantize/`, not onto the book page; an error quotes its last lines.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _ftype(file_type)
+    params.nthread = threads
+    params.allow_requantize = allow_requantize
+    if embedding:
+        params.token_embedding_type = getattr(llama_cpp, f"GGML_TYPE_{embedding}")
+    log = settings().logs_dir / "quantize" / f"{partial.name.strip('.')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with _stderr_to(log):
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0
+    if failed:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-2:])
+        raise ModelError(f"llama.cpp could not quantize {source} to {file_type}: {tail} (log: {log})")
 
 
 # --- measuring -------------------------------------------------------------------------------

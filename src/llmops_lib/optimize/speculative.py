@@ -21,6 +21,7 @@ from pathlib import Path
 from llmops_lib.config import settings
 from llmops_lib.engines.llamacpp import LlamaServer, ServerTimings
 from llmops_lib.errors import ModelError, SpecError
+from llmops_lib.optimize.quantize import llama_quantize
 
 _CODE = '''def process_orders(orders, inventory):
     """Process a list of orders against the inventory."""
@@ -82,23 +83,20 @@ def draft_model(file_type: str = "Q4_0") -> Path:
 
     from llmops_lib.models import default_model
 
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type.upper()}", None)
-    embedding_type = getattr(llama_cpp, f"GGML_TYPE_{file_type.upper()}", None)
-    if ftype is None or embedding_type is None:
+    known = (f"LLAMA_FTYPE_MOSTLY_{file_type.upper()}", f"GGML_TYPE_{file_type.upper()}")
+    if not all(hasattr(llama_cpp, name) for name in known):
         raise SpecError(f"unknown draft quantization {file_type!r}; use e.g. Q4_0, Q4_1, Q5_0 or Q8_0")
     source = default_model()
     target = settings().models_dir / f"{source.stem}-draft-{file_type.lower()}.gguf"
     if target.exists():
         return target
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.token_embedding_type = embedding_type
-    params.allow_requantize = True  # the source is already Q4_K_M
-    params.nthread = 1
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0:
+    try:
+        # the source is already Q4_K_M, hence allow_requantize
+        llama_quantize(source, partial, file_type.upper(), embedding=file_type.upper(), allow_requantize=True)
+    except ModelError:
         partial.unlink(missing_ok=True)
-        raise ModelError(f"llama.cpp could not quantize {source} to {file_type} (see its log above)")
+        raise
     os.replace(partial, target)
     return target
 

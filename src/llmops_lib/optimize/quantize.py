@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -196,17 +196,18 @@ def quantize(reference: Path, variant: Variant, *, threads: int | None = None) -
 
 @contextmanager
 def _stderr_to(log: Path) -> Iterator[None]:
-    """Send this process's file descriptor 2 (where llama.cpp's C code logs) to `log`."""
+    """Send both stderrs to `log`: file descriptor 2, where llama.cpp's C code writes, and
+    Python's `sys.stderr`, where llama-cpp-python's log callback prints (a notebook's output)."""
     sys.stderr.flush()
     saved = os.dup(2)
-    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.dup2(target, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(target)
+    with log.open("w") as stream, redirect_stderr(stream):
+        try:
+            os.dup2(stream.fileno(), 2)
+            yield
+        finally:
+            stream.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def llama_quantize(

@@ -17,14 +17,13 @@ Prints a table and writes JSON (default benchmarks/results/engine_baseline.json)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 
-from llmops_lib.about import environment
 from llmops_lib.bench import bytes_read_per_token, measure_read_bandwidth, roofline_tokens_per_s
+from llmops_lib.bench.results import write_report
 from llmops_lib.engines import EngineSpec, InProcessEngine, LlamaCppPythonServer, LlamaServer
 from llmops_lib.models import default_model, inspect_gguf
 
@@ -90,9 +89,7 @@ def main() -> int:
         f"roofline: {bandwidth / 1e9:.1f} GB/s read bandwidth ({args.threads} thread(s)) / "
         f"{bytes_read_per_token(info) / 1e6:.0f} MB per token = {roofline:.0f} tokens/s"
     )
-    report = {
-        "benchmark": "engine_baseline",
-        "environment": environment(),
+    write_report(args.json, "engine_baseline", {
         "model": info.summary(),
         "spec": spec.as_dict(),
         "repeats": args.repeats,
@@ -101,10 +98,7 @@ def main() -> int:
         "bytes_read_per_token": bytes_read_per_token(info),
         "roofline_tokens_per_s": roofline,
         "results": results,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"JSON: {args.json}")
+    })
     return 0
 
 

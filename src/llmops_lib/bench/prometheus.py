@@ -1,8 +1,8 @@
 """The server's own count of what it did, from its Prometheus `/metrics` text.
 
-A second, independent measurement beside the load generator's: llama-server counts the tokens it
-generated (`llamacpp:tokens_predicted_total`) and the time its slots spent on them, whatever the
-client saw. Reading the counters before and after a run and taking the difference is what a
+A second, independent measurement beside the load generator's: the engine counts the tokens it
+generated and the time it spent on them, whatever the client saw. Samples are read under the common
+names of `observe.engine_metrics`, so llama-server and vLLM are measured alike. Reading the counters before and after a run and taking the difference is what a
 Prometheus `increase()` over the run does.
 
 Explained in: book/chapters/02_optimization/batching
@@ -17,30 +17,16 @@ import httpx
 
 from llmops_lib.engines.client import OpenAIClient
 from llmops_lib.errors import EngineError
+from llmops_lib.observe.engine_metrics import common_samples
 
-OUTPUT_TOKENS = "llamacpp:tokens_predicted_total"
-PROMPT_TOKENS = "llamacpp:prompt_tokens_total"
-GENERATION_SECONDS = "llamacpp:tokens_predicted_seconds_total"
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Samples of a Prometheus exposition by name (labels kept in the name), comments skipped."""
-    samples = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        try:
-            samples[name] = float(value)
-        except ValueError:
-            continue  # a timestamped or malformed line is not a sample we read
-    return samples
+OUTPUT_TOKENS = "generation_tokens_total"
+PROMPT_TOKENS = "prompt_tokens_total"
+GENERATION_SECONDS = "generation_seconds_total"
 
 
 @dataclass(frozen=True)
 class Scrape:
-    """One reading of `/metrics`, with the client's clock when it was read."""
+    """One reading of `/metrics` under the common names, with the client's clock when it was read."""
 
     at_s: float
     samples: dict[str, float]
@@ -48,7 +34,7 @@ class Scrape:
     def increase(self, later: Scrape, name: str) -> float:
         """How much counter `name` grew until `later` (EngineError if the server lacks it)."""
         if name not in self.samples or name not in later.samples:
-            raise EngineError(f"the server's /metrics has no {name}; is it llama-server started with --metrics?")
+            raise EngineError(f"the server's /metrics has no {name}; was the engine started with metrics on (llama-server --metrics)?")
         return later.samples[name] - self.samples[name]
 
 
@@ -60,4 +46,4 @@ def scrape(client: OpenAIClient) -> Scrape:
         raise EngineError(f"cannot read {client.base_url}/metrics ({type(exc).__name__}: {exc}); is the server running?") from exc
     if response.status_code != 200:
         raise EngineError(f"{client.base_url}/metrics answered HTTP {response.status_code}: start llama-server with --metrics")
-    return Scrape(time.perf_counter(), parse_metrics(response.text))
+    return Scrape(time.perf_counter(), common_samples(response.text))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import httpx
 
@@ -21,10 +21,11 @@ class OpenAIClient:
 
     name = "http"
 
-    def __init__(self, base_url: str, *, model: str = "default", timeout_s: float = 300.0) -> None:
+    def __init__(self, base_url: str, *, model: str = "default", timeout_s: float = 300.0, headers: Mapping[str, str] | None = None) -> None:
+        """`headers` go with every request (e.g. a gateway's `x-llmops-priority`, `authorization`)."""
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0))
+        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers)
 
     def close(self) -> None:
         self._http.close()

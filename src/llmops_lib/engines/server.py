@@ -154,6 +154,12 @@ class ServerEngine(ABC):
                 process.kill()
                 process.wait()
 
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would: for failure drills and tests."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def __enter__(self) -> Self:
         return self.start()
 

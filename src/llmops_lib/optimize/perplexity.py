@@ -17,6 +17,7 @@ Explained in: book/chapters/02_optimization/quantization
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
@@ -130,19 +131,11 @@ def score_text(
         for start, end in windows:
             window = [llama.token_bos(), *tokens[start + 1 : end]]
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
-            for offset in range(0, n_ctx, n_batch):
-                piece = window[offset : offset + n_batch]
-                # logits at position i predict token i + 1; as llama-perplexity, positions n_ctx/2 … n_ctx - 2
-                wanted = [n_ctx // 2 <= offset + i <= n_ctx - 2 for i in range(len(piece))]
-                _fill(batch, piece, offset, wanted)
-                if llama_cpp.llama_decode(llama.ctx, batch) != 0:
-                    raise EngineError(f"llama.cpp failed to decode the window at token {start} (llama_decode)")
-                if n_out := sum(wanted):
-                    rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(n_out, llama.n_vocab()))
-                    first = offset + wanted.index(True)
-                    targets = np.asarray(window[first + 1 : first + 1 + n_out])
-                    parts.append(_score_rows(log_softmax(rows), targets, keep_top_k, reference, done))
-                    done += n_out
+            # logits at position i predict token i + 1; as llama-perplexity, positions n_ctx/2 … n_ctx - 2
+            scored = _decode(llama, batch, window, n_batch, lambda at: n_ctx // 2 <= at <= n_ctx - 2, f"the window at token {start}")
+            for logprobs, targets in scored:
+                parts.append(_score_rows(logprobs, targets, keep_top_k, reference, done))
+                done += len(targets)
     finally:
         llama_cpp.llama_batch_free(batch)
         llama.reset()  # the Llama object's own token bookkeeping no longer matches its cache
@@ -152,6 +145,26 @@ def score_text(
         *(np.concatenate([getattr(p, name) for p in parts]) for name in ("token_logprobs", "top_ids", "top_logprobs")),
         *(np.concatenate([getattr(p, name) for p in parts]) if reference is not None else None for name in ("kl", "same_top")),
     )
+
+
+def _decode(
+    llama: Llama, batch, sequence: list[int], n_batch: int, wanted: Callable[[int], bool], what: str
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode one sequence from position 0 in pieces of `n_batch` tokens, asking llama.cpp for
+    logits only at the positions where `wanted(position)`; yield, per piece, the log-probabilities
+    at those positions and the tokens they predict (the logits at position i predict token i + 1)."""
+    import llama_cpp
+
+    for offset in range(0, len(sequence), n_batch):
+        piece = sequence[offset : offset + n_batch]
+        flags = [wanted(offset + i) for i in range(len(piece))]
+        _fill(batch, piece, offset, flags)
+        if llama_cpp.llama_decode(llama.ctx, batch) != 0:
+            raise EngineError(f"llama.cpp failed to decode {what} (llama_decode at token {offset})")
+        if n_out := sum(flags):
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(n_out, llama.n_vocab()))
+            first = offset + flags.index(True)
+            yield log_softmax(rows), np.asarray(sequence[first + 1 : first + 1 + n_out])
 
 
 def _fill(batch, tokens: list[int], first_pos: int, wanted: list[bool]) -> None:
@@ -175,3 +188,31 @@ def _score_rows(
         kl = kl_divergence(reference.top_ids[rows], reference.top_logprobs[rows], logprobs)
         same_top = ids[:, 0] == reference.top_ids[rows, 0]
     return TextScores(logprobs[np.arange(len(targets)), targets], ids, values, kl, same_top)
+
+
+def continuation_logprobs(llama: Llama, prompt: str, continuation: str) -> np.ndarray:
+    """log-probability of each token of `continuation` following `prompt` (after BOS), by one pass
+    over the text that asks llama.cpp for logits only where a continuation token is predicted.
+
+    The quality monitors score sampled completions this way (book/chapters/03_observability/monitoring).
+    """
+    import llama_cpp
+
+    head = llama.tokenize(prompt.encode("utf-8"), add_bos=True)
+    tokens = llama.tokenize((prompt + continuation).encode("utf-8"), add_bos=True)
+    # Tokenizing the whole text may merge across the boundary: score from the last shared token on.
+    shared = next((i for i, (a, b) in enumerate(zip(head, tokens)) if a != b), min(len(head), len(tokens)))
+    first = max(shared, 1)
+    if first >= len(tokens):
+        raise SpecError("the continuation is empty: there is nothing to score")
+    if len(tokens) > llama.n_ctx():
+        raise SpecError(f"prompt and continuation take {len(tokens)} tokens, more than the context of {llama.n_ctx()}: load the model with a larger n_ctx")
+    batch = llama_cpp.llama_batch_init(llama.n_batch, 0, 1)
+    try:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
+        scored = _decode(llama, batch, tokens, llama.n_batch, lambda at: first - 1 <= at <= len(tokens) - 2, "the prompt and completion")
+        scores = [logprobs[np.arange(len(targets)), targets] for logprobs, targets in scored]
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama.reset()
+    return np.concatenate(scores)

@@ -1,0 +1,92 @@
+"""The gateway's configuration: routes of deployments by model name, keys, log, cache, queue, prices.
+
+Loaded from YAML (`load_config`, see deploy/gateway.example.yaml); every bad value is a SpecError
+naming the field.
+Explained in: book/chapters/03_observability/monitoring.ipynb
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from llmops_lib.errors import SpecError
+from llmops_lib.observe.cost import Price, PriceTable
+
+
+class Deployment(BaseModel):
+    """One upstream engine (OpenAI-compatible base URL without /v1) and its traffic share."""
+
+    name: str
+    url: str
+    weight: int = Field(100, ge=0, le=100)
+    upstream_model: str | None = None
+
+
+class Rule(BaseModel):
+    """Cheap model routing: prompts up to `max_prompt_chars` (or tagged `tag`) go to `deployment`."""
+
+    deployment: str
+    max_prompt_chars: int | None = Field(None, ge=0)
+    tag: str | None = None
+
+
+class Route(BaseModel):
+    """A model name clients ask for, the deployments serving it, and where to go when one fails."""
+
+    model: str
+    deployments: list[Deployment]
+    fallback: str | None = None
+    rule: Rule | None = None
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> Route:
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route {self.model!r}: deployment names must be unique, got {names}")
+        for what, name in (("fallback", self.fallback), ("rule.deployment", self.rule and self.rule.deployment)):
+            if name is not None and name not in names:
+                raise ValueError(f"route {self.model!r}: {what} {name!r} is not one of its deployments {names}")
+        return self
+
+
+class GatewayConfig(BaseModel):
+    """Everything `create_app` needs."""
+
+    routes: list[Route]
+    api_keys: list[str] = []
+    admin_keys: list[str] = []
+    request_log: str | None = None
+    capture_text: bool = False
+    cache_size: int = Field(1024, ge=0)
+    cache_ttl_s: float = Field(300.0, ge=0)
+    queue_size: int = Field(64, ge=0)
+    concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    context_window: int = Field(1024, ge=1)
+    max_tokens_limit: int = Field(4096, ge=1)
+    prices: dict[str, Price] = {}
+
+    def price_table(self) -> PriceTable:
+        return PriceTable(self.prices)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """The configuration in the YAML file at `path`.
+
+    Raises:
+        SpecError: no such file, not YAML, or a value outside what is accepted.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"no gateway configuration at {path}: give a YAML file like deploy/gateway.example.yaml")
+    try:
+        return GatewayConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

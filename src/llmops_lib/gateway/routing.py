@@ -1,0 +1,89 @@
+"""Which deployment serves a request: a routing rule first, then weighted choice, then the fallback.
+
+The table is changed at run time by the admin API (canary releases shift weights through it).
+Explained in: book/chapters/04_delivery/canary_release.ipynb
+"""
+
+from __future__ import annotations
+
+import random
+
+from llmops_lib.gateway.config import Deployment, Route
+from llmops_lib.gateway.validation import ApiError
+
+
+class RouteTable:
+    """Routes by model name; every change is validated whole and applied at once."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = {route.model: route.model_copy(deep=True) for route in routes}
+        self._random = random.Random()
+
+    def route(self, model: str) -> Route:
+        try:
+            return self.routes[model]
+        except KeyError:
+            raise ApiError(404, f"unknown model {model!r}: GET /admin/routes lists {sorted(self.routes)}", param="model", code="model_not_found") from None
+
+    def candidates(self, model: str, prompt: str, tag: str | None) -> list[Deployment]:
+        """Deployments to try in order: the chosen one, then the fallback (if different)."""
+        route = self.route(model)
+        by_name = {d.name: d for d in route.deployments}
+        rule = route.rule
+        if rule and ((rule.tag is not None and tag == rule.tag) or (rule.max_prompt_chars is not None and len(prompt) <= rule.max_prompt_chars)):
+            first = by_name[rule.deployment]
+        else:
+            weighted = [d for d in route.deployments if d.weight > 0]
+            if not weighted:
+                raise ApiError(503, f"model {model!r} has no deployment with weight > 0", type="server_error", code="no_deployment")
+            first = self._random.choices(weighted, weights=[d.weight for d in weighted])[0]
+        order = [first]
+        if route.fallback and route.fallback != first.name:
+            order.append(by_name[route.fallback])
+        return order
+
+    def describe(self) -> dict:
+        return {"routes": [
+            {"model": r.model, "deployments": [{"name": d.name, "url": d.url, "weight": d.weight} for d in r.deployments], "fallback": r.fallback}
+            for r in self.routes.values()
+        ]}
+
+    def set_weights(self, model: str, weights: object) -> None:
+        route = self.route(model)
+        names = {d.name for d in route.deployments}
+        if not isinstance(weights, dict) or not weights:
+            raise ApiError(400, "weights must be an object {deployment: weight}", param="weights")
+        for name, weight in weights.items():
+            if name not in names:
+                raise ApiError(400, f"deployment {name!r} is not in route {model!r} (has {sorted(names)})", param=f"weights.{name}")
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+                raise ApiError(400, f"weight of {name!r} must be an integer 0..100, got {weight!r}", param=f"weights.{name}")
+        total = sum(weights.get(d.name, d.weight) for d in route.deployments)
+        if total != 100:
+            raise ApiError(400, f"weights must sum to 100, got {total}", param="weights")
+        for d in route.deployments:
+            if d.name in weights:
+                d.weight = weights[d.name]
+
+    def add_deployment(self, model: str, body: object) -> Deployment:
+        route = self.route(model)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("url"), str):
+            raise ApiError(400, "body must be {name: str, url: str, weight: int 0..100}", param="name")
+        if any(d.name == body["name"] for d in route.deployments):
+            raise ApiError(409, f"deployment {body['name']!r} already exists in route {model!r}", param="name")
+        weight = body.get("weight", 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise ApiError(400, f"weight must be an integer 0..100, got {weight!r}", param="weight")
+        deployment = Deployment(name=body["name"], url=body["url"], weight=weight, upstream_model=body.get("upstream_model"))
+        route.deployments.append(deployment)
+        return deployment
+
+    def remove_deployment(self, model: str, name: str) -> None:
+        route = self.route(model)
+        if not any(d.name == name for d in route.deployments):
+            raise ApiError(404, f"deployment {name!r} is not in route {model!r}", param="name")
+        if route.fallback == name or (route.rule and route.rule.deployment == name):
+            raise ApiError(409, f"deployment {name!r} is the fallback or rule target of route {model!r}: change that first", param="name")
+        if len(route.deployments) == 1:
+            raise ApiError(409, f"deployment {name!r} is the last of route {model!r}", param="name")
+        route.deployments = [d for d in route.deployments if d.name != name]

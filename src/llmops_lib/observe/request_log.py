@@ -1,0 +1,205 @@
+"""One row per gateway request, written off the response path.
+
+The gateway calls `RequestLog.submit` (a queue put, never blocks); a writer thread batches the rows
+into SQLite in WAL mode, so readers (dashboards, the cost report, the release controller) can read
+while it writes. `close()` drains the queue before it returns: nothing is lost on shutdown.
+Column names follow the OpenTelemetry GenAI semantic conventions (`OTEL_ATTRIBUTES`).
+Explained in: book/chapters/03_observability/monitoring.ipynb
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from llmops_lib.config import settings
+from llmops_lib.errors import LLMOpsError, SpecError
+
+#: OpenTelemetry GenAI attribute -> SQL column of the `requests` table.
+OTEL_ATTRIBUTES: dict[str, str] = {
+    "gen_ai.operation.name": "gen_ai_operation_name",
+    "gen_ai.request.model": "gen_ai_request_model",
+    "gen_ai.response.model": "gen_ai_response_model",
+    "gen_ai.usage.input_tokens": "gen_ai_usage_input_tokens",
+    "gen_ai.usage.output_tokens": "gen_ai_usage_output_tokens",
+    "gen_ai.request.max_tokens": "gen_ai_request_max_tokens",
+    "gen_ai.request.temperature": "gen_ai_request_temperature",
+}
+
+
+@dataclass
+class RequestRecord:
+    """What the gateway knows about one request when it has answered it."""
+
+    request_id: str
+    started_at: float
+    finished_at: float | None = None
+    deployment: str | None = None
+    upstream_url: str | None = None
+    gen_ai_operation_name: str | None = None
+    gen_ai_request_model: str | None = None
+    gen_ai_response_model: str | None = None
+    gen_ai_usage_input_tokens: int | None = None
+    gen_ai_usage_output_tokens: int | None = None
+    gen_ai_request_max_tokens: int | None = None
+    gen_ai_request_temperature: float | None = None
+    stream: int = 0
+    priority: str | None = None
+    http_status: int | None = None
+    error_type: str | None = None
+    error: str | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    cost_usd: float | None = None
+    cache_hit: int = 0
+    fallback_from: str | None = None
+    cached_from: str | None = None  # for a cache hit: the deployment whose answer was cached
+    prompt: str | None = None
+    completion: str | None = None
+
+
+_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
+_COLUMNS = [f.name for f in fields(RequestRecord)]
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    {", ".join(f"{f.name} {_TYPES[next(t for t in _TYPES if t.__name__ in str(f.type))]}" for f in fields(RequestRecord)[1:])}
+);
+CREATE INDEX IF NOT EXISTS requests_started ON requests (started_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY, request_id TEXT, created_at REAL, score REAL, comment TEXT
+);
+"""
+_INSERT = f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_FEEDBACK = "INSERT INTO feedback (request_id, created_at, score, comment) VALUES (?, ?, ?, ?)"
+
+
+def database_path(url: str | Path | None = None) -> Path:
+    """The SQLite file of `url`: a path, a `sqlite:///path` URL, or None for LLMOPS_HOME/requests.sqlite."""
+    if url is None:
+        return settings().home / "requests.sqlite"
+    text = str(url)
+    if "://" in text:
+        if not text.startswith("sqlite:///"):
+            raise SpecError(f"request log URL {text!r} is not supported: use sqlite:///path/to/file.sqlite or a plain path")
+        text = text[len("sqlite:///"):]
+    return Path(text).expanduser().resolve()
+
+
+class RequestLog:
+    """The request log at `url` (see `database_path`); prompt/completion text kept only with `capture_text`."""
+
+    def __init__(self, url: str | Path | None = None, capture_text: bool = False) -> None:
+        self.path = database_path(url)
+        self.capture_text = capture_text
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="request-log-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def submit(self, record: RequestRecord) -> None:
+        """Queue `record` for writing; returns at once."""
+        if not self.capture_text:
+            record.prompt = record.completion = None
+        self._queue.put(("requests", tuple(asdict(record).values())))
+
+    def add_feedback(self, request_id: str, score: float, comment: str | None = None) -> None:
+        """Queue a feedback row about `request_id`."""
+        self._queue.put(("feedback", (request_id, time.time(), float(score), comment)))
+
+    def _write_loop(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while len(batch) < 500:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                with db:
+                    for kind, sql in (("requests", _INSERT), ("feedback", _FEEDBACK)):
+                        db.executemany(sql, [item[1] for item in batch if item[0] == kind])
+                for kind, marker in batch:
+                    if kind == "flush":
+                        marker.set()
+                if any(kind == "stop" for kind, _ in batch):
+                    return
+        finally:
+            db.close()
+
+    def flush(self) -> None:
+        """Wait until everything submitted so far is in the database."""
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait()
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("stop", None))
+        self._writer.join()
+
+    def _select(self, table: str, time_column: str, since: float | None, until: float | None, deployment: str | None) -> list[dict]:
+        where, args = [], []
+        if since is not None:
+            where.append(f"{time_column} >= ?")
+            args.append(since)
+        if until is not None:
+            where.append(f"{time_column} <= ?")
+            args.append(until)
+        if deployment is not None:
+            where.append("deployment = ?" if table == "requests" else "request_id IN (SELECT request_id FROM requests WHERE deployment = ?)")
+            args.append(deployment)
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {time_column}"
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql, args)]
+
+    def rows(self, since: float | None = None, until: float | None = None, deployment: str | None = None) -> list[dict]:
+        """Request rows started in [since, until], optionally of one deployment (what is written so far)."""
+        return self._select("requests", "started_at", since, until, deployment)
+
+    def rows_including(self, request_ids: Iterable[str], timeout_s: float = 30.0) -> list[dict]:
+        """All rows, once every id of `request_ids` is among them: a gateway in another process
+        writes in the background, so a reader that just got answers waits for their rows.
+
+        Raises:
+            LLMOpsError: some ids are still missing after `timeout_s` (is the gateway running?).
+        """
+        wanted = set(request_ids)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.rows()
+            missing = wanted - {row["request_id"] for row in rows}
+            if not missing:
+                return rows
+            if time.monotonic() > deadline:
+                raise LLMOpsError(f"{len(missing)} request(s) not in the log at {self.path} after {timeout_s:.0f} s, e.g. {min(missing)}: is the gateway still running?")
+            time.sleep(0.1)
+
+    def feedback_rows(self, since: float | None = None, until: float | None = None, deployment: str | None = None) -> list[dict]:
+        """Feedback rows created in [since, until], optionally about requests of one deployment."""
+        return self._select("feedback", "created_at", since, until, deployment)
+
+    def __enter__(self) -> RequestLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

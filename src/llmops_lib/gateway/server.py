@@ -1,17 +1,25 @@
-"""Running the gateway: `run_gateway` in the foreground (the CLI), `GatewayServer` in a child process.
+"""Running the gateway: `run_gateway` in the foreground (the CLI), `GatewayServer` as a child process.
 
-A child process keeps the gateway's event loop and CPU apart from the caller's (tests, notebooks,
-the overhead benchmark measures its CPU with psutil).
+`GatewayServer` starts `llmops gateway` itself, as an operator would, on a copy of the configuration:
+its event loop and CPU stay apart from the caller's (tests, notebooks; the overhead benchmark reads
+its CPU time), it works from any script or notebook, and its log is kept under
+`LLMOPS_HOME/logs/gateway/`.
+Explained in: book/chapters/03_observability/monitoring.ipynb
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
+import subprocess
+import sys
 import time
+from datetime import datetime
+from pathlib import Path
 from typing import Self
 
 import httpx
 
+from llmops_lib.config import settings
 from llmops_lib.engines.server import HOST, free_port
 from llmops_lib.errors import EngineError
 from llmops_lib.gateway.config import GatewayConfig
@@ -33,7 +41,8 @@ class GatewayServer:
         self.config = config
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
-        self.process: multiprocessing.Process | None = None
+        self.log_path: Path | None = None
+        self._process: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
@@ -41,34 +50,48 @@ class GatewayServer:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self._process.pid if self._process else None
 
     def start(self) -> Self:
-        self.process = multiprocessing.get_context("spawn").Process(target=run_gateway, args=(self.config, HOST, self.port), daemon=True)
-        self.process.start()
+        folder = settings().logs_dir / "gateway"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"gateway-{datetime.now():%Y%m%d-%H%M%S}-{self.port}"
+        config_path, self.log_path = stem.with_suffix(".json"), stem.with_suffix(".log")
+        config_path.write_text(self.config.model_dump_json(indent=2))  # JSON is YAML: `llmops gateway` reads it
+        command = [sys.executable, "-m", "llmops_lib", "gateway", "--config", str(config_path), "--host", HOST, "--port", str(self.port)]
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        atexit.register(self.stop)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if not self.process.is_alive():
-                raise EngineError(f"the gateway exited at start (code {self.process.exitcode}): check its configuration")
+            if self._process.poll() is not None:
+                code, self._process = self._process.returncode, None
+                raise EngineError(f"the gateway exited at start (code {code}): {self._log_tail()} (log: {self.log_path})")
             try:
                 if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)
         self.stop()
-        raise EngineError(f"the gateway did not answer /health within {self.start_timeout_s:.0f} s")
+        raise EngineError(f"the gateway did not answer /health within {self.start_timeout_s:.0f} s: {self._log_tail()} (log: {self.log_path})")
+
+    def _log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").strip().splitlines() if self.log_path else []
+        return " | ".join(lines[-3:]) or "empty log"
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM: uvicorn finishes, the request log is flushed), then for sure."""
-        if self.process is None:
+        process, self._process = self._process, None
+        if process is None:
             return
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(30)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.process = None
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -1,4 +1,4 @@
-"""The `llmops` command: inspect models, serve them, load-test them, run runbooks.
+"""The `llmops` command: inspect models, serve them, gateway, load-test, release (registry, rollouts), runbooks.
 
 Every error the library raises on purpose is printed as one line (`error: …`) with a non-zero
 exit; see `llmops runbook run --help` for the runbook exit codes.
@@ -17,15 +17,19 @@ import typer
 from llmops_lib.errors import LLMOpsError, RunbookParameterError
 
 app = typer.Typer(
-    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, load-test them, run runbooks.",
+    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, load-test them, release versions, run runbooks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 model_app = typer.Typer(help="Inspect model files (GGUF).", no_args_is_help=True)
 runbook_app = typer.Typer(help="Run operational notebooks (papermill) with validated parameters.", no_args_is_help=True)
+from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
+
 app.add_typer(model_app, name="model")
 app.add_typer(runbook_app, name="runbook")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(registry_app, name="registry")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

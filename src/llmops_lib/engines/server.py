@@ -1,7 +1,8 @@
 """Run an engine's HTTP server as a child process: start, wait for health, stop, keep the log.
 
 Every server the library starts, it stops (context manager, and an `atexit` guard for the
-interactive case); its log is kept under `LLMOPS_HOME/logs/engines/`.
+interactive case), with every process it started in turn (vLLM runs its engine core as a child);
+its log is kept under `LLMOPS_HOME/logs/engines/`. Memory is counted over that process tree.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Self
 
 import httpx
+import psutil
 
 from llmops_lib.config import settings
 from llmops_lib.engines.base import Completion
@@ -137,28 +139,51 @@ class ServerEngine(ABC):
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's process followed by all its descendants (empty when it is not running)."""
+        if self._process is None:
+            return []
+        try:
+            root = psutil.Process(self._process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server's whole process tree, in bytes (0 when not running)."""
+        total = 0
+        for process in self.processes():
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass  # a child that ended while we counted holds no memory
+        return total
+
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
+        """Stop the server (SIGTERM, then SIGKILL after 10 s) and whatever it started. Safe to call twice."""
         if self._client is not None:
             self._client.close()
             self._client = None
+        children = self.processes()[1:]
         process, self._process = self._process, None
-        if process is None:
-            return
-        atexit.unregister(self.stop)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            atexit.unregister(self.stop)
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        _kill(children)
 
     def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would: for failure drills and tests."""
+        """Kill the server and its children at once (SIGKILL), as a crash would: for failure drills and tests."""
+        children = self.processes()[1:]
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+        _kill(children)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -182,3 +207,13 @@ class ServerEngine(ABC):
         if response.status_code != 200:
             raise EngineError(f"{self.name} has no metrics endpoint (HTTP {response.status_code})")
         return response.text
+
+
+def _kill(processes: list[psutil.Process], timeout_s: float = 10.0) -> None:
+    """Kill processes that outlived their parent's stop, and wait until they are gone."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=timeout_s)

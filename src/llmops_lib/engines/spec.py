@@ -31,6 +31,22 @@ KV_CACHE_TYPES = tuple(KV_BYTES_PER_ELEMENT)
 # (EAGLE-3, MTP and DFlash need draft heads trained for the target, which no model here has.)
 SPEC_TYPES = ("draft-simple", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
 
+# vLLM's weight quantization methods (`--quantization`) and KV-cache dtypes (`--kv-cache-dtype`),
+# as vLLM 0.32 accepts them (tests/test_vllm.py checks these lists against the installed vLLM).
+# Which of them run depends on the hardware: on CPU fp8 weights fail, int8 W8A8 works.
+VLLM_QUANTIZATIONS = (
+    "awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4", "modelopt_mxfp8",
+    "modelopt_mixed", "auto_gptq", "gptq", "gptq_marlin", "awq_marlin", "humming", "compressed-tensors",
+    "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8",
+    "online", "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "int8_per_channel_weight_only",
+    "nvfp4_per_token", "mxfp8",
+)
+VLLM_KV_CACHE_DTYPES = (
+    "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "nvfp4_ds_mla",
+    "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc", "ultraquant_4bit",
+    "int4_per_token_head", "int8_per_token_head", "fp8_per_token_head", "nvfp4", "nvfp4_4over6",
+)
+
 
 def default_threads() -> int:
     """Half the cores (at least one): generation is memory-bound, and on a busy 2-core machine
@@ -60,6 +76,14 @@ class EngineSpec:
             which `LlamaServer.start` checks before anything starts.
         draft_max, draft_min: most and fewest tokens drafted per step (llama-server's defaults if None).
         extra_args: further command-line flags for a server engine, passed through as given.
+        quantization: (vLLM only, like the four below: llama.cpp reads its quantization from the
+            GGUF and ignores them. Explained in: book/chapters/02_optimization/choosing_an_engine.)
+            vLLM weight quantization method (one of `VLLM_QUANTIZATIONS`), None for the
+            checkpoint's own.
+        kv_cache_dtype: vLLM KV-cache dtype (one of `VLLM_KV_CACHE_DTYPES`); "auto" is the model's.
+        prefix_caching: reuse the KV cache of a repeated prompt prefix (vLLM's automatic prefix
+            caching; llama-server reuses its slot's previous prompt regardless).
+        tensor_parallel_size, pipeline_parallel_size: GPUs to split each layer / the layers across.
     """
 
     model: Path
@@ -77,11 +101,16 @@ class EngineSpec:
     draft_max: int | None = None
     draft_min: int | None = None
     extra_args: tuple[str, ...] = ()
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    prefix_caching: bool = True
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
-        for name in ("n_ctx", "threads", "parallel", "batch_size"):
+        for name in ("n_ctx", "threads", "parallel", "batch_size", "tensor_parallel_size", "pipeline_parallel_size"):
             if int(getattr(self, name)) < 1:
                 raise SpecError(f"EngineSpec.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("cache_type_k", "cache_type_v"):
@@ -95,6 +124,16 @@ class EngineSpec:
                 f"a quantized V cache (cache_type_v={self.cache_type_v}) needs flash_attn=True in llama.cpp"
             )
         self._check_speculative()
+        if self.quantization is not None and self.quantization not in VLLM_QUANTIZATIONS:
+            raise SpecError(
+                f"EngineSpec.quantization={self.quantization!r} is not a vLLM quantization method; "
+                f"use one of {', '.join(VLLM_QUANTIZATIONS)} (or None for the checkpoint's own)"
+            )
+        if self.kv_cache_dtype not in VLLM_KV_CACHE_DTYPES:
+            raise SpecError(
+                f"EngineSpec.kv_cache_dtype={self.kv_cache_dtype!r} is not a vLLM KV-cache dtype; "
+                f"use one of {', '.join(VLLM_KV_CACHE_DTYPES)}"
+            )
 
     def _check_speculative(self) -> None:
         if self.draft_model is not None:

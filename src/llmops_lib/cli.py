@@ -122,8 +122,7 @@ def gateway(
 ) -> None:
     """Run the OpenAI-compatible gateway in front of running engines until Ctrl-C.
 
-    Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /metrics and the
-    /admin API; every request gets one row in the request log (flushed on shutdown).
+    Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /metrics and /admin; one request-log row per request.
     """
     from llmops_lib.gateway import load_config, run_gateway
 

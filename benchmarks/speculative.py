@@ -1,4 +1,4 @@
-"""Speculative decoding on llama-server: speedup, acceptance and identical output per workload.
+"""Speculative decoding on llama-server and in process: speedup, acceptance and identical output per workload.
 
 Targets: on the copy-heavy workloads (editing given code or text), n-gram speculation is at least
 2.0x faster with identical greedy output; on free text, the adaptive policy (speculate only where
@@ -10,10 +10,14 @@ Starts three llama-server processes on the default model, one at a time in use:
 - plain decoding (the baseline);
 - n-gram prompt lookup (`--spec-type`, default ngram-simple): drafts copied from the text so far;
 - a draft model (`draft-simple`): the model quantized to Q4_0, made once in LLMOPS_HOME/models.
+Then the same lookup in this process: llama-cpp-python with and without `LlamaPromptLookupDecoding`
+(`--num-pred-tokens` drafted per step), reported beside the server rows (the targets are the server's).
 
-For every workload: decode tokens/s with and without speculation (as the server measures it,
-exactly --max-tokens tokens each), their ratio from this one run, the acceptance rate (accepted /
-drafted tokens) and whether the greedy text is identical. Then, per method, --requests free-text
+For every workload: decode tokens/s with and without speculation (as the server measures it, up
+to --max-tokens tokens or the workload's stop; the median of --repeats alternating runs each, as
+the load of a shared machine moves more between two runs than speculation does), their ratio,
+the acceptance rate (accepted / drafted tokens) and whether the greedy text is identical in
+every run. Then, per method, --requests free-text
 requests served plainly and through `AdaptiveSpeculation`, interleaved: their throughput ratio.
 Prints a table and writes JSON (default benchmarks/results/speculative.json).
 
@@ -32,11 +36,13 @@ from llmops_lib.bench.results import write_report
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.engines.spec import SPEC_TYPES
 from llmops_lib.models import default_model
+from llmops_lib.optimize.prompt_lookup import PromptLookupEngine
 from llmops_lib.optimize.speculative import (
     WORKLOADS,
     AdaptiveServer,
     AdaptiveSpeculation,
     Generation,
+    TimedEngine,
     compare,
     draft_model,
     generate,
@@ -50,7 +56,7 @@ def throughput(runs: list[Generation]) -> float:
     return sum(r.timings.predicted_n for r in runs) / sum(r.timings.predicted_ms / 1000 for r in runs)
 
 
-def adaptive_ratio(plain: LlamaServer, speculative: LlamaServer, requests: int, max_tokens: int) -> dict[str, float]:
+def adaptive_ratio(plain: TimedEngine, speculative: TimedEngine, requests: int, max_tokens: int) -> dict[str, float]:
     """Free-text requests served plainly and through the adaptive policy, interleaved (same load).
 
     `ratio` counts every request, the policy's first try of speculation included; `steady_ratio`
@@ -73,26 +79,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="engine threads")
     parser.add_argument("--max-tokens", type=int, default=160, help="tokens generated per request")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per workload and side (median kept)")
     parser.add_argument("--requests", type=int, default=8, help="free-text requests for the adaptive comparison (at least 5)")
     parser.add_argument("--spec-type", default="ngram-simple", choices=[t for t in SPEC_TYPES if t.startswith("ngram")],
                         help="n-gram speculation type of llama-server")
     parser.add_argument("--no-draft-model", action="store_true", help="skip draft-model speculation")
+    parser.add_argument("--num-pred-tokens", type=int, default=10, help="tokens drafted per step by in-process prompt lookup")
+    parser.add_argument("--no-in-process", action="store_true", help="skip in-process prompt lookup (llama-cpp-python)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/speculative.json"), help="where to write JSON")
     args = parser.parse_args()
-    if args.max_tokens < 8 or args.requests < 5:
-        parser.error("--max-tokens must be at least 8 and --requests at least 5")
+    if args.max_tokens < 8 or args.requests < 5 or args.repeats < 1 or args.num_pred_tokens < 1:
+        parser.error("--max-tokens must be at least 8, --requests at least 5, --repeats and --num-pred-tokens at least 1")
 
     base = EngineSpec(model=default_model(), n_ctx=1024, threads=args.threads)
     methods = {args.spec_type: {"spec_type": args.spec_type}}
     if not args.no_draft_model:
         methods["draft-simple (Q4_0)"] = {"draft_model": draft_model("Q4_0"), "draft_max": 8}
     rows, adaptive = [], {}
+
+    def measure(method: str, plain: TimedEngine, speculative: TimedEngine) -> None:
+        print(f"measuring {method} …", file=sys.stderr)
+        compared = compare(plain, speculative, list(WORKLOADS.values()), max_tokens=args.max_tokens, repeats=args.repeats)
+        rows.extend({"method": method} | r.as_dict() for r in compared)
+        adaptive[method] = adaptive_ratio(plain, speculative, args.requests, args.max_tokens)
+
     with LlamaServer(base) as plain:
         for method, options in methods.items():
-            print(f"measuring {method} …", file=sys.stderr)
             with LlamaServer(replace(base, **options)) as speculative:
-                rows += [{"method": method} | r.as_dict() for r in compare(plain, speculative, list(WORKLOADS.values()), max_tokens=args.max_tokens)]
-                adaptive[method] = adaptive_ratio(plain, speculative, args.requests, args.max_tokens)
+                measure(method, plain, speculative)
+    if not args.no_in_process:
+        with PromptLookupEngine(base, num_pred_tokens=0) as plain, \
+                PromptLookupEngine(base, num_pred_tokens=args.num_pred_tokens) as lookup:
+            measure("in-process lookup", plain, lookup)
 
     header = f"{'method':<20}{'workload':<11}{'kind':<12}{'plain tok/s':>12}{'spec tok/s':>11}{'speedup':>9}{'accept':>8}{'same text':>10}"
     print(header + "\n" + "-" * len(header))
@@ -114,6 +132,8 @@ def main() -> int:
     write_report(args.json, "speculative", {
         "spec": base.as_dict(),
         "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "num_pred_tokens": None if args.no_in_process else args.num_pred_tokens,
         "results": rows,
         "adaptive": adaptive,
         "targets": verdict,

@@ -7,12 +7,14 @@ import pytest
 from llmops_lib.engines import LlamaServer
 from llmops_lib.engines.llamacpp import ServerTimings
 from llmops_lib.errors import SpecError
+from llmops_lib.optimize.prompt_lookup import PromptLookupEngine
 from llmops_lib.optimize.speculative import (
     WORKLOADS,
     AdaptiveServer,
     AdaptiveSpeculation,
     compare,
     draft_model,
+    generate,
     warm_up,
 )
 
@@ -92,3 +94,37 @@ def test_adaptive_policy_turns_a_losing_speculation_off(server, draft_server):
     served = [adaptive.generate(free_text, max_tokens=32) for _ in range(3)]
     assert [g.speculative for g in served] == [False, True, False]
     assert not adaptive.policy.speculation_pays(free_text.name)
+
+
+def test_prompt_lookup_and_repeat_settings_are_checked(spec):
+    with pytest.raises(SpecError, match="num_pred_tokens >= 0"):
+        PromptLookupEngine(spec, num_pred_tokens=-1)
+    with pytest.raises(SpecError, match="repeats >= 1"):
+        compare(None, None, COPY_HEAVY, repeats=0)
+
+
+@pytest.fixture(scope="module")
+def lookup_pair(spec):
+    """The in-process engine plain (no drafter) and with llama-cpp-python's prompt lookup."""
+    with PromptLookupEngine(spec, num_pred_tokens=0) as plain, PromptLookupEngine(spec, num_pred_tokens=10) as lookup:
+        yield plain, lookup
+
+
+@pytest.mark.engine
+def test_in_process_prompt_lookup_reports_speed_acceptance_and_identity(spec, in_process, lookup_pair):
+    plain, lookup = lookup_pair
+    assert not plain.speculative and plain.scores_bytes == 0
+    assert lookup.speculative and lookup.scores_bytes == spec.n_ctx * lookup.llama.n_vocab() * 4
+    edit, free = WORKLOADS["edit code"], WORKLOADS["free text"]
+    rows = {r.workload: r for r in compare(plain, lookup, [edit, free], max_tokens=48)}
+
+    # the baseline is the library's plain in-process engine: same greedy text
+    reference = in_process.complete(edit.prompt, max_tokens=48, ignore_eos=True, stop=list(edit.stop))
+    assert generate(plain, edit, 48).text == reference.text
+    for row in rows.values():
+        assert row.plain_tokens_per_s > 0 and row.speculative_tokens_per_s > 0
+        assert 0 <= row.accepted <= row.drafted
+    # copying the prompt's code: drafts found and accepted, greedy text unchanged
+    assert rows["edit code"].drafted > 0 and rows["edit code"].accepted > 0
+    assert rows["edit code"].identical
+    assert generate(lookup, edit, 48).speculative and not generate(plain, free, 8).speculative

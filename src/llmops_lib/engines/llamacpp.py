@@ -178,8 +178,11 @@ class InProcessEngine:
 
     name = "in-process"
 
-    def __init__(self, spec: EngineSpec) -> None:
+    def __init__(self, spec: EngineSpec, *, draft_model: object | None = None) -> None:
+        """`draft_model`: a llama-cpp-python `LlamaDraftModel` (e.g. prompt lookup) that drafts tokens
+        for the model to verify; it makes llama.cpp keep logits for every position (n_ctx × vocab floats)."""
         self.spec = spec
+        self.draft_model = draft_model
         self.llama = None
 
     def start(self) -> Self:
@@ -203,6 +206,8 @@ class InProcessEngine:
                 flash_attn=spec.flash_attn,
                 swa_full=spec.swa_full,
                 seed=spec.seed,
+                draft_model=self.draft_model,
+                logits_all=self.draft_model is not None,  # verification samples at every drafted position
                 verbose=False,
             )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"

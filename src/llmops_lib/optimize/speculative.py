@@ -6,7 +6,8 @@ lookup: free, and right whenever the answer copies the prompt) or from a smaller
 (here the model itself quantized to fewer bits: same vocabulary, as speculative decoding needs).
 With greedy decoding the output is the model's own either way, so only the speed changes, and
 it can get worse: verification costs more than one step, and rejected drafts buy nothing. So
-`AdaptiveSpeculation` measures both ways per workload and keeps the faster one.
+`AdaptiveSpeculation` measures both ways per workload and keeps the faster one. The comparison
+takes llama-server processes or, in process, `prompt_lookup.PromptLookupEngine`s.
 
 Explained in: book/chapters/02_optimization/speculative_decoding.
 """
@@ -17,9 +18,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import median
+from typing import Any, Protocol
 
 from llmops_lib.config import settings
-from llmops_lib.engines.llamacpp import LlamaServer, ServerTimings
+from llmops_lib.engines.base import Completion
+from llmops_lib.engines.llamacpp import ServerTimings
+from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import ModelError, SpecError
 from llmops_lib.optimize.quantize import llama_quantize
 
@@ -101,6 +106,17 @@ def draft_model(file_type: str = "Q4_0") -> Path:
     return target
 
 
+class TimedEngine(Protocol):
+    """An engine that reports speculative drafts with each completion: `LlamaServer`, or
+    `prompt_lookup.PromptLookupEngine` (in process)."""
+
+    spec: EngineSpec
+
+    def complete(self, prompt: str, **kwargs: Any) -> Completion: ...
+
+    def complete_with_timings(self, prompt: str, **kwargs: Any) -> tuple[Completion, ServerTimings]: ...
+
+
 @dataclass(frozen=True)
 class Generation:
     """One greedy completion of a workload, with the server's decode speed and drafts."""
@@ -115,23 +131,30 @@ class Generation:
         return self.timings.generation_tokens_per_s
 
 
-def warm_up(*servers: LlamaServer) -> None:
+def warm_up(*servers: TimedEngine) -> None:
     """One short request each: a fresh server's first request pays for page faults, not decoding."""
     for server in servers:
         server.complete("Warm up.", max_tokens=4)
 
 
-def generate(server: LlamaServer, workload: Workload, max_tokens: int) -> Generation:
+def generate(engine: TimedEngine, workload: Workload, max_tokens: int) -> Generation:
     """Greedy, up to `max_tokens` tokens or the workload's stop (never an early end-of-text)."""
-    done, timings = server.complete_with_timings(
+    done, timings = engine.complete_with_timings(
         workload.prompt, max_tokens=max_tokens, ignore_eos=True, stop=list(workload.stop) or None
     )
-    return Generation(workload.name, done.text, timings, server.spec.spec_type is not None)
+    # llama-server speculates per process (its spec says how); the in-process engine per drafter
+    speculative = getattr(engine, "speculative", engine.spec.spec_type is not None)
+    return Generation(workload.name, done.text, timings, speculative)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The same workload without and with speculation: speedup, acceptance, same output or not."""
+    """The same workload without and with speculation: speedup, acceptance, same output or not.
+
+    Drafts are those of the first run (greedy runs repeat them); the prompt times show what a
+    side pays before decoding (llama-server reuses a repeated prompt from its cache, the
+    in-process engine starts cold, so the cost of computing every token's logits shows there).
+    """
 
     workload: str
     kind: str
@@ -140,6 +163,8 @@ class Comparison:
     drafted: int
     accepted: int
     identical: bool
+    plain_prompt_s: float = 0.0
+    speculative_prompt_s: float = 0.0
 
     @property
     def speedup(self) -> float:
@@ -154,16 +179,32 @@ class Comparison:
 
 
 def compare(
-    plain: LlamaServer, speculative: LlamaServer, workloads: Sequence[Workload], *, max_tokens: int = 160
+    plain: TimedEngine,
+    speculative: TimedEngine,
+    workloads: Sequence[Workload],
+    *,
+    max_tokens: int = 160,
+    repeats: int = 1,
 ) -> list[Comparison]:
-    """Run each workload on both servers (warmed up once) and compare speed and text."""
+    """Run each workload on both engines (warmed up once) and compare speed and text.
+
+    The engines are two llama-servers, or two `prompt_lookup.PromptLookupEngine`s in process.
+    With `repeats` > 1 each workload runs that many times on each engine, alternating, and each
+    side keeps its median speed: on a shared machine the load moves more between two single runs
+    than speculation does. The output counts as identical only if it was in every repetition.
+    """
+    if repeats < 1:
+        raise SpecError(f"compare needs repeats >= 1, got {repeats}")
     warm_up(plain, speculative)
     rows = []
     for workload in workloads:
-        base, fast = generate(plain, workload, max_tokens), generate(speculative, workload, max_tokens)
+        pairs = [(generate(plain, workload, max_tokens), generate(speculative, workload, max_tokens)) for _ in range(repeats)]
+        base, fast = [b for b, _ in pairs], [f for _, f in pairs]
         rows.append(Comparison(
-            workload.name, workload.kind, base.tokens_per_s, fast.tokens_per_s,
-            fast.timings.draft_n, fast.timings.draft_n_accepted, base.text == fast.text,
+            workload.name, workload.kind,
+            median(g.tokens_per_s for g in base), median(g.tokens_per_s for g in fast),
+            fast[0].timings.draft_n, fast[0].timings.draft_n_accepted, all(b.text == f.text for b, f in pairs),
+            median(g.timings.prompt_ms for g in base) / 1000, median(g.timings.prompt_ms for g in fast) / 1000,
         ))
     return rows
 
@@ -244,8 +285,8 @@ class AdaptiveServer:
     model (the weights are memory-mapped: the second costs its KV cache, not another copy).
     """
 
-    plain: LlamaServer
-    speculative: LlamaServer
+    plain: TimedEngine
+    speculative: TimedEngine
     policy: AdaptiveSpeculation = field(default_factory=AdaptiveSpeculation)
 
     def generate(self, workload: Workload, max_tokens: int) -> Generation:

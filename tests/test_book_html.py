@@ -133,3 +133,11 @@ def test_math_pages_load_the_local_mathjax_with_its_fonts(pages: dict[str, Beaut
         assert not is_external(mathjax[0]) and entry.is_file(), f"{name}: MathJax not served locally: {mathjax[0]}"
         # tex-chtml.js fetches its fonts relative to its own location.
         assert (entry.parent / "output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff").is_file()
+
+
+def test_tables_printed_by_cells_are_real_tables(pages):
+    """A Markdown table a cell prints stays text in the book (CommonMark outputs): use viz.grid."""
+    for name, page in chapter_pages(pages).items():
+        raw = [p.get_text()[:80] for p in page.select("div.cell_output p")
+               if sum(line.startswith("|") and line.rstrip().endswith("|") for line in p.get_text().splitlines()) >= 2]
+        assert not raw, f"{name}: a cell printed a Markdown table that was not rendered: {raw[0]!r}"

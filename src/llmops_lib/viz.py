@@ -8,6 +8,7 @@ plotly's default renderer emits only `application/vnd.plotly.v1+json`, a type th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
@@ -72,3 +73,20 @@ def table(rows: dict[str, object]) -> None:
     width = max((len(str(k)) for k in rows), default=0)
     text = "\n".join(f"{k!s:<{width}}  {v}" for k, v in rows.items())
     display({"text/html": f'<table class="llmops-table">{body}</table>', "text/plain": text}, raw=True)
+
+
+def grid(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Display a table with a header row as HTML, with a plain-text form for terminals.
+
+    A Markdown table printed by a cell does not become a table in the book: myst-nb renders
+    Markdown *outputs* as CommonMark, which has no tables.
+    """
+    from html import escape
+
+    rows = [[str(cell) for cell in row] for row in rows]
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    widths = [max(len(str(c)), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [list(columns), *rows])
+    html = f'<table class="llmops-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    display({"text/html": html, "text/plain": text}, raw=True)

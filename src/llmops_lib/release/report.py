@@ -13,6 +13,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from llmops_lib.viz import grid
+
 PHASE_COLORS = {"Successful": "#2ca02c", "Failed": "#d62728", "Inconclusive": "#ff7f0e", "Error": "#7f7f7f"}
 DECISIONS = ("Paused", "Promoted", "RolledBack", "ControllerRestarted", "OperatorPromote", "OperatorAbort")
 
@@ -77,16 +79,14 @@ def timeline(events: Sequence[Mapping[str, Any]], title: str = "Canary release")
     return fig
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows of dicts as a Markdown table (floats to 4 significant digits), for `IPython.display.Markdown`."""
+def show_rows(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Display rows of dicts as a table (floats to 4 significant digits; "(none)" when empty)."""
     if not rows:
-        return "*(none)*"
+        print("(none)")
+        return
 
     def cell(value: Any) -> str:
-        text = f"{value:.4g}" if isinstance(value, float) else "—" if value is None else str(value)
-        return text.replace("|", "\\|")
+        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else str(value)
 
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row.get(k)) for k in header) + " |" for row in rows]
-    return "\n".join(lines)
+    grid(header, [[cell(row.get(k)) for k in header] for row in rows])

@@ -102,40 +102,35 @@ def rollout_status(
         typer.echo(f"  {event['type']}: {json.dumps(detail, default=str)[:160]}")
 
 
+def _operate(name: str, action: str, **kwargs: object):  # noqa: ANN202 - RolloutState, imported lazily
+    """An operator's action on rollout `name` (promote, abort, undo); a library error exits with one line."""
+    from llmops_lib.release.controller import Controller
+
+    try:
+        return getattr(Controller(name), action)(**kwargs)
+    except LLMOpsError as exc:
+        raise _fail(exc)
+
+
 @rollout_app.command("promote")
 def rollout_promote(name: str, full: Annotated[bool, typer.Option(help="Promote now, skipping remaining steps and analysis.")] = False,
                     why: WhyOption = "promoted by an operator") -> None:
     """Go on from a pause (or, with --full, promote at once)."""
-    from llmops_lib.release.controller import Controller
-
-    try:
-        state = Controller(name).promote(full=full, why=why)
-    except LLMOpsError as exc:
-        raise _fail(exc)
+    state = _operate(name, "promote", full=full, why=why)
     typer.echo(f"{name}: {state.phase} — {state.message}")
 
 
 @rollout_app.command("abort")
 def rollout_abort(name: str, why: WhyOption = "aborted by an operator") -> None:
     """Roll back now: stable 100 %, canary out of the route, aliases restored."""
-    from llmops_lib.release.controller import Controller
-
-    try:
-        state = Controller(name).abort(why=why)
-    except LLMOpsError as exc:
-        raise _fail(exc)
+    state = _operate(name, "abort", why=why)
     typer.echo(f"{name}: {state.phase} — {state.message}")
 
 
 @rollout_app.command("undo")
 def rollout_undo(name: str, why: WhyOption = "undone by an operator") -> None:
     """After a promotion: the previous stable serves 100 % again and gets the stable alias back."""
-    from llmops_lib.release.controller import Controller
-
-    try:
-        state = Controller(name).undo(why=why)
-    except LLMOpsError as exc:
-        raise _fail(exc)
+    state = _operate(name, "undo", why=why)
     typer.echo(f"{name}: {state.phase} — {state.reason}")
 
 

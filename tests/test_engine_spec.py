@@ -1,10 +1,12 @@
 """Engine specs: refused early when invalid, turned into the right llama-server flags."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from llmops_lib.engines import EngineSpec, LlamaServer, make_engine
+from llmops_lib.engines.llamacpp import DRAFT_FLAGS, NGRAM_FLAGS, llama_server_binary
 from llmops_lib.errors import SpecError
 
 
@@ -46,6 +48,19 @@ def test_speculative_options_become_llama_server_flags(tmp_path):
     assert argv[argv.index("--spec-draft-n-max") + 1] == "8" and argv[argv.index("--spec-draft-n-min") + 1] == "1"
     assert "--spec-type" not in LlamaServer(EngineSpec(model=Path("m.gguf"))).command(port=9999)
     assert spec.as_dict()["draft_model"] == str(draft)
+    # an n-gram drafter takes its own flags: lookup length and draft length
+    argv = LlamaServer(EngineSpec(model=Path("m.gguf"), spec_type="ngram-simple", ngram_lookup=6, draft_max=64)).command(9999)
+    assert argv[argv.index("--spec-ngram-simple-size-n") + 1] == "6"
+    assert argv[argv.index("--spec-ngram-simple-size-m") + 1] == "64" and "--spec-draft-n-max" not in argv
+    argv = LlamaServer(EngineSpec(model=Path("m.gguf"), spec_type="ngram-mod", ngram_lookup=8, draft_min=8, draft_max=32)).command(9999)
+    assert [argv[argv.index(f) + 1] for f in NGRAM_FLAGS["ngram-mod"]] == ["8", "32", "8"]
+
+
+def test_every_speculative_flag_is_one_llama_server_knows():
+    """The flag names are llama-server's own, checked against the installed binary's --help."""
+    known = subprocess.run([llama_server_binary(), "--help"], capture_output=True, text=True, timeout=60).stdout
+    flags = {flag for group in (*NGRAM_FLAGS.values(), DRAFT_FLAGS) for flag in group if flag}
+    assert flags and {flag for flag in flags if f"{flag} " not in known} == set()
 
 
 @pytest.mark.parametrize(
@@ -56,7 +71,11 @@ def test_speculative_options_become_llama_server_flags(tmp_path):
         ({"spec_type": "ngram-simple", "draft_model": Path("d.gguf")}, "draft-simple"),
         ({"draft_max": 4}, "set spec_type too"),
         ({"spec_type": "ngram-simple", "draft_max": -1}, "draft_max must be at least 0"),
-        ({"spec_type": "ngram-simple", "draft_max": 2, "draft_min": 4}, "draft_min .* above draft_max"),
+        ({"spec_type": "ngram-mod", "draft_max": 2, "draft_min": 4}, "draft_min .* above draft_max"),
+        ({"spec_type": "ngram-simple", "draft_min": 4}, "draft_min does not apply to spec_type='ngram-simple'"),
+        ({"spec_type": "ngram-cache", "ngram_lookup": 4}, "ngram_lookup does not apply"),
+        ({"spec_type": "ngram-simple", "ngram_lookup": 0}, "ngram_lookup must be at least 1"),
+        ({"ngram_lookup": 4}, "set spec_type too"),
     ],
 )
 def test_bad_speculative_options_are_refused(options, message):

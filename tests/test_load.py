@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib.bench import LoadPlan, ServingMetrics, Workload, parse_slos, percentile, run_load
+from llmops_lib.bench import LoadPlan, ServingMetrics, Workload, engine_generation_speed, parse_slos, percentile, run_load
 from llmops_lib.bench.prometheus import OUTPUT_TOKENS, PROMPT_TOKENS, scrape
 from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
 from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
 from llmops_lib.engines.server import free_port
-from llmops_lib.errors import SpecError
+from llmops_lib.errors import ModelError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,6 +205,22 @@ def test_serving_benchmark_writes_claims(tmp_path):
     assert set(report["claims"]) == {"agreement", "timing_agreement"}, "no concurrency 8: no batching claim"
     assert [r["total_output_tokens"] for r in report["results"]] == [4, 8]
     assert report["results"][0]["throughput_vs_single"] == 1.0 and "environment" in report
+    assert report["results"][0]["engine_vs_single"] == 1.0 and report["results"][1]["engine_output_throughput"] > 0
+
+
+@pytest.mark.engine
+def test_engine_alone_decodes_every_batch_size(model_path):
+    speeds = engine_generation_speed(EngineSpec(model=model_path, threads=1), [1, 3], prompt_len=4, output_len=4)
+    assert set(speeds) == {1, 3} and min(speeds.values()) > 0
+
+
+def test_engine_alone_refuses_bad_sizes_and_a_broken_model(tmp_path):
+    with pytest.raises(SpecError, match="at least 1"):
+        engine_generation_speed(EngineSpec(model=tmp_path / "m.gguf"), [0])
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelError):
+        engine_generation_speed(EngineSpec(model=broken), [1])
 
 
 @pytest.mark.engine

@@ -12,9 +12,13 @@ from llmops_lib.optimize.speculative import (
     WORKLOADS,
     AdaptiveServer,
     AdaptiveSpeculation,
+    Comparison,
+    NgramSetting,
+    best_setting,
     compare,
     draft_model,
     generate,
+    sweep_ngram,
     warm_up,
 )
 
@@ -77,6 +81,28 @@ def test_ngram_speculation_keeps_greedy_output_and_reports_acceptance(server, ng
     for row in rows:
         assert row.identical, row.workload
         assert row.drafted > 0 and row.acceptance_rate > 0, row.workload
+
+
+@pytest.mark.engine
+def test_ngram_lookup_and_draft_length_reach_the_drafter(server, spec):
+    # No 200-token run of the answer occurs earlier, so that lookup never drafts; 4 tokens do.
+    never, short = sweep_ngram(server, replace(spec, parallel=1, spec_type="ngram-simple"), COPY_HEAVY[:1],
+                               lookups=(200, 4), drafts=(16,), max_tokens=48)
+    assert (never.lookup, never.draft_max, short.lookup) == (200, 16, 4)
+    assert never.rows[0].drafted == 0 and short.rows[0].drafted > 0
+    assert never.identical and short.identical
+
+
+def test_best_setting_is_the_fastest_that_kept_the_output(spec):
+    def setting(lookup: int, speedups: list[float], identical: bool = True) -> NgramSetting:
+        rows = tuple(Comparison("w", "copy-heavy", 10.0, 10.0 * x, 10, 9, identical) for x in speedups)
+        return NgramSetting(lookup, 16, rows)
+
+    found = [setting(3, [3.0, 1.1]), setting(6, [2.0, 1.8]), setting(9, [4.0, 4.0], identical=False)]
+    assert best_setting(found).lookup == 6  # the weakest workload decides; a changed output disqualifies
+    assert best_setting(found[2:]).lookup == 9
+    with pytest.raises(SpecError, match="n-gram spec_type"):
+        sweep_ngram(None, spec, COPY_HEAVY)  # spec without speculation: refused before anything starts
 
 
 @pytest.mark.engine

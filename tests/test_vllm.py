@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -179,6 +180,9 @@ def test_gemma3_as_draft_model_is_refused_by_vllm_with_its_cause(vllm_spec):
 def test_speculative_config_is_vllm_json(tmp_path):
     ngram = EngineSpec(model=Path("m.gguf"), spec_type="ngram-simple", draft_max=6)
     assert speculative_config(ngram) == {"method": "ngram", "num_speculative_tokens": 6}
+    assert speculative_config(replace(ngram, ngram_lookup=3)) == {
+        "method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_min": 3, "prompt_lookup_max": 3,
+    }
     draft = EngineSpec(model=Path("m.gguf"), draft_model=tmp_path / "d.gguf")
     assert speculative_config(draft, tmp_path / "d-hf") == {
         "method": "draft_model", "num_speculative_tokens": 4, "model": str(tmp_path / "d-hf"),
@@ -211,7 +215,7 @@ def test_bad_vllm_spec_values_are_refused_at_construction(options, message):
     [
         ({"cache_type_k": "q8_0"}, "no llama.cpp KV-cache types"),
         ({"spec_type": "ngram-cache"}, "no counterpart of spec_type='ngram-cache'"),
-        ({"spec_type": "ngram-simple", "draft_min": 1}, "leave draft_min unset"),
+        ({"draft_model": Path("d.gguf"), "draft_min": 1}, "leave draft_min unset"),
         ({"spec_type": "ngram-simple", "draft_max": 0}, "draft_max of at least 1"),
     ],
 )

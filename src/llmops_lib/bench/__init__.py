@@ -1,5 +1,6 @@
 """Measuring engines: serving metrics with vLLM's names and definitions, a load generator, rooflines."""
 
+from llmops_lib.bench.batched import engine_generation_speed
 from llmops_lib.bench.latency import SLO_METRICS, ServingMetrics, parse_slos, percentile
 from llmops_lib.bench.load import LoadResult, RequestOutcome, run_load, run_sequential
 from llmops_lib.bench.roofline import bytes_read_per_token, measure_read_bandwidth, roofline_tokens_per_s
@@ -16,6 +17,7 @@ __all__ = [
     "ServingMetrics",
     "Workload",
     "bytes_read_per_token",
+    "engine_generation_speed",
     "measure_read_bandwidth",
     "parse_slos",
     "percentile",

@@ -137,6 +137,17 @@ class LlamaServer(ServerEngine):
         ]
 
 
+#: llama-server's flags for an n-gram drafter's lookup length, most and fewest tokens drafted;
+#: the draft model (and `ngram-cache`) take the general draft bounds.
+NGRAM_FLAGS = {
+    "ngram-simple": ("--spec-ngram-simple-size-n", "--spec-ngram-simple-size-m", None),
+    "ngram-map-k": ("--spec-ngram-map-k-size-n", "--spec-ngram-map-k-size-m", None),
+    "ngram-map-k4v": ("--spec-ngram-map-k4v-size-n", "--spec-ngram-map-k4v-size-m", None),
+    "ngram-mod": ("--spec-ngram-mod-n-match", "--spec-ngram-mod-n-max", "--spec-ngram-mod-n-min"),
+}
+DRAFT_FLAGS = (None, "--spec-draft-n-max", "--spec-draft-n-min")
+
+
 def speculative_args(spec: EngineSpec) -> list[str]:
     """llama-server flags for the spec's speculative decoding (none when it has none)."""
     if spec.spec_type is None:
@@ -144,10 +155,10 @@ def speculative_args(spec: EngineSpec) -> list[str]:
     args = ["--spec-type", spec.spec_type]
     if spec.draft_model is not None:
         args += ["--spec-draft-model", str(spec.draft_model), "--spec-draft-threads", str(spec.threads)]
-    if spec.draft_max is not None:
-        args += ["--spec-draft-n-max", str(spec.draft_max)]
-    if spec.draft_min is not None:
-        args += ["--spec-draft-n-min", str(spec.draft_min)]
+    flags = NGRAM_FLAGS.get(spec.spec_type, DRAFT_FLAGS)
+    for flag, value in zip(flags, (spec.ngram_lookup, spec.draft_max, spec.draft_min), strict=True):
+        if value is not None:  # EngineSpec refuses a value its type has no flag for
+            args += [flag, str(value)]
     return args
 
 

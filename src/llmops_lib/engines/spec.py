@@ -30,6 +30,9 @@ KV_CACHE_TYPES = tuple(KV_BYTES_PER_ELEMENT)
 # `draft-simple` drafts with a smaller model; the `ngram-*` types look drafts up in the text so far.
 # (EAGLE-3, MTP and DFlash need draft heads trained for the target, which no model here has.)
 SPEC_TYPES = ("draft-simple", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
+# The types with a lookup length (`ngram_lookup`), and those with a fewest-drafted bound (`draft_min`).
+NGRAM_LOOKUP_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod")
+DRAFT_MIN_TYPES = ("draft-simple", "ngram-mod")
 
 # vLLM's weight quantization methods (`--quantization`) and KV-cache dtypes (`--kv-cache-dtype`),
 # as vLLM 0.32 accepts them (tests/test_vllm.py checks these lists against the installed vLLM).
@@ -74,7 +77,11 @@ class EngineSpec:
             book/chapters/02_optimization/speculative_decoding.
         draft_model: GGUF of the draft model (`draft-simple`); it must share the model's vocabulary,
             which `LlamaServer.start` checks before anything starts.
-        draft_max, draft_min: most and fewest tokens drafted per step (llama-server's defaults if None).
+        draft_max, draft_min: most and fewest tokens drafted per step, by the draft model or the
+            n-gram drafter (llama-server's defaults if None; `draft_min` for the `DRAFT_MIN_TYPES`).
+        ngram_lookup: tokens an n-gram drafter must find repeated in the text before it drafts
+            (`NGRAM_LOOKUP_TYPES`; llama-server's default if None). Shorter resumes drafting sooner
+            after an edit; longer drafts wrongly less often.
         extra_args: further command-line flags for a server engine, passed through as given.
         quantization: (vLLM only, like the four below: llama.cpp reads its quantization from the
             GGUF and ignores them. Explained in: book/chapters/02_optimization/choosing_an_engine.)
@@ -100,6 +107,7 @@ class EngineSpec:
     draft_model: Path | None = None
     draft_max: int | None = None
     draft_min: int | None = None
+    ngram_lookup: int | None = None
     extra_args: tuple[str, ...] = ()
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
@@ -149,14 +157,19 @@ class EngineSpec:
             raise SpecError("EngineSpec.spec_type='draft-simple' needs a draft_model (a GGUF with the same vocabulary)")
         if self.draft_model is not None and self.spec_type != "draft-simple":
             raise SpecError(f"EngineSpec.draft_model is used by spec_type='draft-simple' only, not {self.spec_type!r}")
-        for name in ("draft_max", "draft_min"):
+        for name, least in (("draft_max", 0), ("draft_min", 0), ("ngram_lookup", 1)):
             value = getattr(self, name)
             if value is None:
                 continue
             if self.spec_type is None:
                 raise SpecError(f"EngineSpec.{name} needs speculative decoding: set spec_type too")
-            if int(value) < 0:
-                raise SpecError(f"EngineSpec.{name} must be at least 0, got {value}")
+            if int(value) < least:
+                raise SpecError(f"EngineSpec.{name} must be at least {least}, got {value}")
+        for name, types in (("ngram_lookup", NGRAM_LOOKUP_TYPES), ("draft_min", DRAFT_MIN_TYPES)):
+            if getattr(self, name) is not None and self.spec_type not in types:
+                raise SpecError(
+                    f"EngineSpec.{name} does not apply to spec_type={self.spec_type!r}; it does to {', '.join(types)}"
+                )
         if self.draft_max is not None and self.draft_min is not None and self.draft_min > self.draft_max:
             raise SpecError(f"EngineSpec.draft_min ({self.draft_min}) is above draft_max ({self.draft_max})")
 

@@ -63,6 +63,8 @@ def speculative_config(spec: EngineSpec, draft_dir: Path | None = None) -> dict[
     }
     if spec.spec_type == "draft-simple":
         config["model"] = str(draft_dir or spec.draft_model)
+    if spec.ngram_lookup is not None:  # llama.cpp matches exactly this many tokens; so does this
+        config["prompt_lookup_min"] = config["prompt_lookup_max"] = spec.ngram_lookup
     return config
 
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any, Protocol
 
 from llmops_lib.config import settings
 from llmops_lib.engines.base import Completion
-from llmops_lib.engines.llamacpp import ServerTimings
+from llmops_lib.engines.llamacpp import LlamaServer, ServerTimings
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import ModelError, SpecError
 from llmops_lib.optimize.quantize import llama_quantize
@@ -207,6 +207,58 @@ def compare(
             median(g.timings.prompt_ms for g in base) / 1000, median(g.timings.prompt_ms for g in fast) / 1000,
         ))
     return rows
+
+
+@dataclass(frozen=True)
+class NgramSetting:
+    """One lookup and draft length of an n-gram drafter, and how it did on each workload."""
+
+    lookup: int
+    draft_max: int
+    rows: tuple[Comparison, ...]
+
+    @property
+    def speedup(self) -> float:
+        """The lowest speedup over the workloads: a setting is as good as its weakest case."""
+        return min(r.speedup for r in self.rows)
+
+    @property
+    def identical(self) -> bool:
+        return all(r.identical for r in self.rows)
+
+
+def sweep_ngram(
+    plain: TimedEngine,
+    spec: EngineSpec,
+    workloads: Sequence[Workload],
+    *,
+    lookups: Sequence[int] = (3, 6, 12),
+    drafts: Sequence[int] = (16, 64),
+    max_tokens: int = 96,
+    repeats: int = 1,
+) -> list[NgramSetting]:
+    """Compare every lookup × draft length of `spec`'s n-gram drafter with the plain server.
+
+    A short lookup resumes drafting soon after the answer departs from the prompt (an edit) but
+    matches by accident more often; a long draft saves more steps when it is right and wastes a
+    longer verification when it is not. Which balance wins depends on the workload and the
+    machine, so it is measured: one speculating llama-server per setting, started in turn.
+    """
+    if spec.spec_type is None or not spec.spec_type.startswith("ngram"):
+        raise SpecError(f"sweep_ngram needs an n-gram spec_type, got {spec.spec_type!r}")
+    found = []
+    for lookup in lookups:
+        for draft in drafts:
+            with LlamaServer(replace(spec, ngram_lookup=lookup, draft_max=draft)) as server:
+                rows = compare(plain, server, workloads, max_tokens=max_tokens, repeats=repeats)
+            found.append(NgramSetting(lookup, draft, tuple(rows)))
+    return found
+
+
+def best_setting(found: Sequence[NgramSetting]) -> NgramSetting:
+    """The fastest setting that kept every output identical (the fastest of all if none did)."""
+    same = [s for s in found if s.identical] or list(found)
+    return max(same, key=lambda s: s.speedup)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The engine's own batched decoding speed: llama.cpp's `llama-batched-bench`, no server in the way.
 
-A server at concurrency N can at best do what its engine does with a batch of N sequences.
-Measuring that bound on the same model, threads and machine, in the same run, tells a serving
-shortfall (HTTP, scheduling, sampling) apart from a hardware one: a batched decoding step that
-has stopped being memory-bound and become compute-bound, so that more sequences barely help.
+A server at concurrency N decodes batches of N sequences with its engine. Measuring how the
+engine alone scales with the batch, on the same model, threads and machine, in the same run,
+tells a serving shortfall (HTTP, scheduling, sampling) apart from an engine one: a batched
+decoding step that has stopped being memory-bound and become compute-bound on these cores, so
+that more sequences barely help whatever the server does.
 
 Explained in: book/chapters/02_optimization/batching.
 """
@@ -32,10 +33,11 @@ def batched_bench_binary() -> Path:
 def engine_generation_speed(
     spec: EngineSpec, batches: Sequence[int], *, prompt_len: int = 16, output_len: int = 64, timeout_s: float = 900.0
 ) -> dict[int, float]:
-    """Aggregate generation tokens/s of the bare engine for each batch size (sequences decoded together).
+    """Output tokens/s of the bare engine for each batch size (sequences decoded together).
 
     Uses the spec's model, threads and flash-attention setting; each sequence gets its own
-    `prompt_len`-token prompt and generates `output_len` tokens, as a server slot would.
+    `prompt_len`-token prompt and generates `output_len` tokens, as a server slot would. The time
+    includes processing the prompts, as a load generator's output throughput does.
     """
     if not batches or min(batches) < 1 or prompt_len < 1 or output_len < 1:
         raise SpecError(f"batch sizes, prompt_len and output_len must be at least 1, got {batches}, {prompt_len}, {output_len}")
@@ -60,4 +62,4 @@ def engine_generation_speed(
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EngineError(f"llama-batched-bench failed (exit {done.returncode}): {last}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {int(row["pl"]): float(row["speed_tg"]) for row in rows}
+    return {int(row["pl"]): row["pl"] * row["tg"] / row["t"] for row in rows}

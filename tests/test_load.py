@@ -197,7 +197,7 @@ def test_serving_benchmark_writes_claims(tmp_path):
     out = tmp_path / "serving.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/serving.py", "--threads", "1", "--concurrency", "1", "2", "--rounds", "1",
-         "--output-len", "4", "--json", str(out)],
+         "--output-len", "4", "--also", "--json", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
@@ -206,6 +206,7 @@ def test_serving_benchmark_writes_claims(tmp_path):
     assert [r["total_output_tokens"] for r in report["results"]] == [4, 8]
     assert report["results"][0]["throughput_vs_single"] == 1.0 and "environment" in report
     assert report["results"][0]["engine_vs_single"] == 1.0 and report["results"][1]["engine_output_throughput"] > 0
+    assert list(report["by_weights"]) == ["Q4_K_M"], "--also with no format: the default model only"
 
 
 @pytest.mark.engine

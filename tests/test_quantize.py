@@ -56,7 +56,7 @@ def test_unknown_types_and_short_texts_are_refused_clearly():
         Variant.parse("Q7_X")
     with pytest.raises(SpecError, match="token-embedding type 'Q4_K'"):
         Variant.parse("Q4_K_M/embd:Q4_K")
-    assert [v.label for v in parse_variants("q8_0, Q4_K_M/embd:q4_0")] == ["Q8_0", "Q4_K_M/embd:Q4_0"]
+    assert [v.label for v in parse_variants("q8_0, Q4_K_M/embd:q4_0, bf16")] == ["Q8_0", "Q4_K_M/embd:Q4_0", "BF16"]
     assert len(QUANT_TYPES) == 7
     with pytest.raises(SpecError, match="fewer than one window"):
         scored_windows(100, 512)

@@ -41,6 +41,9 @@ QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_S", "Q2_K")
 # Types for the token embedding: its 640-wide rows fit 32-element blocks, not 256-element k-quants.
 EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_0", "Q4_0")
 REFERENCE = "F16"
+# Other float encodings: bf16 is no smaller than F16, but a CPU with bf16 dot-product instructions
+# computes a batched step fast with it (see the batching section).
+FLOAT_TYPES = ("BF16",)
 _METHOD = 1  # bump when the measurement changes, so older cached results are not reused
 
 
@@ -55,8 +58,8 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         """`Q4_K_M` or `Q4_K_M/embd:Q4_0` (case-insensitive); unknown types are refused with the accepted list."""
         qtype, _, embedding = text.strip().upper().partition("/EMBD:")
-        if qtype not in QUANT_TYPES + (REFERENCE,):
-            raise SpecError(f"unknown quantization type {text.strip()!r}; use one of {', '.join(QUANT_TYPES)} or {REFERENCE} "
+        if qtype not in QUANT_TYPES + (REFERENCE, *FLOAT_TYPES):
+            raise SpecError(f"unknown quantization type {text.strip()!r}; use one of {', '.join(QUANT_TYPES + FLOAT_TYPES)} or {REFERENCE} "
                             f"(optionally with /embd:<{'|'.join(EMBEDDING_TYPES)}>)")
         if embedding and embedding not in EMBEDDING_TYPES:
             raise SpecError(f"unknown token-embedding type {embedding!r} in {text!r}; use one of {', '.join(EMBEDDING_TYPES)}")
@@ -192,6 +195,12 @@ def quantize(reference: Path, variant: Variant, *, threads: int | None = None) -
         llama_quantize(reference, partial, variant.qtype, embedding=variant.embedding, threads=threads or default_threads())
 
     return _write_atomically(target, write, f"the {variant.label} model")
+
+
+def model_as(source: Path, variant: Variant | str) -> Path:
+    """`source` encoded as `variant` (e.g. "BF16"), made from its F16 reference (both kept on disk, made once)."""
+    variant = Variant.parse(variant) if isinstance(variant, str) else variant
+    return quantize(dequantize_to_f16(Path(source)), variant)
 
 
 @contextmanager

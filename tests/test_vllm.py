@@ -41,8 +41,9 @@ COPY_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def vllm_spec(model_path) -> EngineSpec:
-    return EngineSpec(model=model_path, n_ctx=1024, threads=1, parallel=2)
+def vllm_spec(spec) -> EngineSpec:
+    """The spec the llama.cpp tests run: one spec, both engines."""
+    return spec
 
 
 @pytest.fixture(scope="module")

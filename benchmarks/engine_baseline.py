@@ -51,11 +51,18 @@ def measure(path: str, spec: EngineSpec, repeats: int, max_tokens: int, prompt_t
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="engine threads (default: all cores; run on a quiet machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="engine threads (default: all cores; run on a quiet machine)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="requests per path; medians are reported")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS), help="which paths to measure")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/engine_baseline.json"), help="where to write JSON")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/engine_baseline.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.max_tokens < 2:
         parser.error("--repeats must be at least 1 and --max-tokens at least 2")
@@ -72,11 +79,15 @@ def main() -> int:
         results[path] = measure(path, spec, args.repeats, args.max_tokens, prompt_tokens)
     base = results.get("in-process")
     for row in results.values():
-        row["generation_vs_in_process"] = row["generation_tokens_per_s"] / base["generation_tokens_per_s"] if base else None
+        row["generation_vs_in_process"] = (
+            row["generation_tokens_per_s"] / base["generation_tokens_per_s"] if base else None
+        )
         row["prompt_vs_in_process"] = row["prompt_tokens_per_s"] / base["prompt_tokens_per_s"] if base else None
         row["generation_vs_roofline"] = row["generation_tokens_per_s"] / roofline
 
-    header = f"{'path':<25}{'prompt tok/s':>13}{'gen tok/s':>11}{'TTFT ms':>9}{'prompt ×':>10}{'gen ×':>8}{'% roofline':>12}"
+    header = (
+        f"{'path':<25}{'prompt tok/s':>13}{'gen tok/s':>11}{'TTFT ms':>9}{'prompt ×':>10}{'gen ×':>8}{'% roofline':>12}"
+    )
     print(header)
     print("-" * len(header))
     for path, row in results.items():
@@ -89,16 +100,20 @@ def main() -> int:
         f"roofline: {bandwidth / 1e9:.1f} GB/s read bandwidth ({args.threads} thread(s)) / "
         f"{bytes_read_per_token(info) / 1e6:.0f} MB per token = {roofline:.0f} tokens/s"
     )
-    write_report(args.json, "engine_baseline", {
-        "model": info.summary(),
-        "spec": spec.as_dict(),
-        "repeats": args.repeats,
-        "max_tokens": args.max_tokens,
-        "read_bandwidth_bytes_per_s": bandwidth,
-        "bytes_read_per_token": bytes_read_per_token(info),
-        "roofline_tokens_per_s": roofline,
-        "results": results,
-    })
+    write_report(
+        args.json,
+        "engine_baseline",
+        {
+            "model": info.summary(),
+            "spec": spec.as_dict(),
+            "repeats": args.repeats,
+            "max_tokens": args.max_tokens,
+            "read_bandwidth_bytes_per_s": bandwidth,
+            "bytes_read_per_token": bytes_read_per_token(info),
+            "roofline_tokens_per_s": roofline,
+            "results": results,
+        },
+    )
     return 0
 
 

@@ -48,13 +48,20 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def throughput_rounds(direct: OpenAIClient, gateway: OpenAIClient, rounds: int, concurrency: int, output_len: int) -> dict[str, dict]:
+def throughput_rounds(
+    direct: OpenAIClient, gateway: OpenAIClient, rounds: int, concurrency: int, output_len: int
+) -> dict[str, dict]:
     """Interleaved closed-loop runs; returns per path the sums and every run's throughput."""
     totals = {name: {"tokens": 0, "seconds": 0.0, "runs": [], "failed": 0} for name in ("direct", "gateway")}
     for i in range(rounds):
         order = [("direct", direct), ("gateway", gateway)] if i % 2 == 0 else [("gateway", gateway), ("direct", direct)]
         for name, client in order:
-            result = run_load(client, Workload.random(output_len, seed=i), LoadPlan(concurrency=concurrency, num_requests=4 * concurrency), progress=False)
+            result = run_load(
+                client,
+                Workload.random(output_len, seed=i),
+                LoadPlan(concurrency=concurrency, num_requests=4 * concurrency),
+                progress=False,
+            )
             m = result.metrics
             total = totals[name]
             total["tokens"] += m.total_output_tokens
@@ -70,6 +77,7 @@ def latency_pairs(direct_url: str, gateway_url: str, pairs: int) -> list[float]:
     body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
     differences = []
     with httpx.Client(timeout=60) as client:
+
         def timed(url: str) -> float:
             start = time.perf_counter()
             response = client.post(url + "/v1/completions", json=body)
@@ -89,12 +97,23 @@ def latency_pairs(direct_url: str, gateway_url: str, pairs: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1: the gateway needs a core of its own on 2 cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="engine threads (default 1: the gateway needs a core of its own on 2 cores)",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight in the throughput runs")
-    parser.add_argument("--rounds", type=int, default=6, help="throughput runs per path (each 4 x concurrency requests)")
-    parser.add_argument("--output-len", type=int, default=32, help="tokens generated per request in the throughput runs")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="throughput runs per path (each 4 x concurrency requests)"
+    )
+    parser.add_argument(
+        "--output-len", type=int, default=32, help="tokens generated per request in the throughput runs"
+    )
     parser.add_argument("--pairs", type=int, default=300, help="latency pairs (one-token requests)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/gateway_overhead.json"), help="where to write JSON")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/gateway_overhead.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
     if min(args.threads, args.concurrency, args.rounds, args.pairs) < 1 or args.output_len < 2:
         parser.error("--threads, --concurrency, --rounds and --pairs must be at least 1, --output-len at least 2")
@@ -102,8 +121,13 @@ def main() -> int:
     spec = EngineSpec(model=default_model(), n_ctx=512, threads=args.threads, parallel=args.concurrency)
     with tempfile.TemporaryDirectory() as tmp, LlamaServer(spec) as server:
         route = Route(model=MODEL, deployments=[Deployment(name="engine", url=server.base_url)])
-        config = GatewayConfig(routes=[route], request_log=str(Path(tmp) / "requests.sqlite"), cache_size=0,
-                               concurrency=max(16, args.concurrency), context_window=512)
+        config = GatewayConfig(
+            routes=[route],
+            request_log=str(Path(tmp) / "requests.sqlite"),
+            cache_size=0,
+            concurrency=max(16, args.concurrency),
+            context_window=512,
+        )
         with GatewayServer(config) as gw:
             direct, through = OpenAIClient(server.base_url), OpenAIClient(gw.base_url)
             server.complete("Warm up.", max_tokens=4)
@@ -124,20 +148,41 @@ def main() -> int:
         runs = " ".join(f"{x:.0f}" for x in t["runs"])
         print(f"{name:<9}{throughput[name]:>11.1f}{runs:>40}{t['failed']:>8}")
     quartiles = statistics.quantiles(differences, n=4)
-    print(f"added latency per request: median {added_ms:.2f} ms (quartiles {quartiles[0]:.2f} / {quartiles[2]:.2f} ms, {len(differences)} pairs)")
-    print(f"gateway CPU: {cpu_ms_per_request:.2f} ms per request ({gateway_cpu_s:.2f} s over {gateway_requests} requests)")
+    print(
+        f"added latency per request: median {added_ms:.2f} ms (quartiles {quartiles[0]:.2f} / {quartiles[2]:.2f} ms, {len(differences)} pairs)"
+    )
+    print(
+        f"gateway CPU: {cpu_ms_per_request:.2f} ms per request ({gateway_cpu_s:.2f} s over {gateway_requests} requests)"
+    )
 
     claims = {
-        "throughput": {"claim": f"gateway throughput >= {THROUGHPUT_CLAIM} x direct", "value": ratio, "passed": ratio >= THROUGHPUT_CLAIM},
-        "latency": {"claim": f"median added latency <= {LATENCY_CLAIM_MS} ms", "value": added_ms, "passed": added_ms <= LATENCY_CLAIM_MS},
-        "no_failures": {"claim": "no failed request on either path", "value": sum(t["failed"] for t in totals.values()),
-                        "passed": all(t["failed"] == 0 for t in totals.values())},
+        "throughput": {
+            "claim": f"gateway throughput >= {THROUGHPUT_CLAIM} x direct",
+            "value": ratio,
+            "passed": ratio >= THROUGHPUT_CLAIM,
+        },
+        "latency": {
+            "claim": f"median added latency <= {LATENCY_CLAIM_MS} ms",
+            "value": added_ms,
+            "passed": added_ms <= LATENCY_CLAIM_MS,
+        },
+        "no_failures": {
+            "claim": "no failed request on either path",
+            "value": sum(t["failed"] for t in totals.values()),
+            "passed": all(t["failed"] == 0 for t in totals.values()),
+        },
     }
     for name, claim in claims.items():
         print(f"{'PASS' if claim['passed'] else 'FAIL'}  {name}: {claim['claim']} (measured {claim['value']:.3g})")
-    report = {"spec": spec.as_dict(), "args": {k: str(v) for k, v in vars(args).items()}, "throughput_tok_s": throughput,
-              "throughput_ratio": ratio, "added_latency_ms": {"median": added_ms, "quartiles": quartiles},
-              "gateway_cpu_ms_per_request": cpu_ms_per_request, "runs": {n: t["runs"] for n, t in totals.items()}}
+    report = {
+        "spec": spec.as_dict(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "throughput_tok_s": throughput,
+        "throughput_ratio": ratio,
+        "added_latency_ms": {"median": added_ms, "quartiles": quartiles},
+        "gateway_cpu_ms_per_request": cpu_ms_per_request,
+        "runs": {n: t["runs"] for n, t in totals.items()},
+    }
     write_report(args.json, "gateway_overhead", report | {"claims": claims})
     return 0
 

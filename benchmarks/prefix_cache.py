@@ -40,27 +40,46 @@ def kv_rows(model: Path, contexts: list[int], cache_types: list[str], threads: i
     rows = []
     for cache_type in cache_types:
         for n_ctx in contexts:
-            spec = EngineSpec(model=model, n_ctx=n_ctx, threads=threads, cache_type_k=cache_type, cache_type_v=cache_type,
-                              flash_attn=cache_type != "f16", extra_args=("--log-verbosity", "4"))
+            spec = EngineSpec(
+                model=model,
+                n_ctx=n_ctx,
+                threads=threads,
+                cache_type_k=cache_type,
+                cache_type_v=cache_type,
+                flash_attn=cache_type != "f16",
+                extra_args=("--log-verbosity", "4"),
+            )
             with LlamaServer(spec) as server:
                 logged = logged_kv_cache_bytes(server.log_path.read_text())
-            rows.append({
-                "n_ctx": n_ctx, "cache_type": cache_type,
-                "calculated_bytes": kv_cache_for(spec).total_bytes,
-                "full_bound_bytes": kv_cache_bytes(info, n_ctx, cache_type_k=cache_type, cache_type_v=cache_type),
-                "llama_cpp_bytes": logged,
-            })
+            rows.append(
+                {
+                    "n_ctx": n_ctx,
+                    "cache_type": cache_type,
+                    "calculated_bytes": kv_cache_for(spec).total_bytes,
+                    "full_bound_bytes": kv_cache_bytes(info, n_ctx, cache_type_k=cache_type, cache_type_v=cache_type),
+                    "llama_cpp_bytes": logged,
+                }
+            )
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="engine threads")
-    parser.add_argument("--questions", type=int, default=len(PREFIX_QUESTIONS), choices=range(1, len(PREFIX_QUESTIONS) + 1),
-                        help="questions asked after the shared prefix")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768], help="context sizes for the KV table")
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=len(PREFIX_QUESTIONS),
+        choices=range(1, len(PREFIX_QUESTIONS) + 1),
+        help="questions asked after the shared prefix",
+    )
+    parser.add_argument(
+        "--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768], help="context sizes for the KV table"
+    )
     parser.add_argument("--cache-types", nargs="+", default=["f16", "q8_0"], help="KV-cache types for the KV table")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/prefix_cache.json"), help="where to write JSON")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/prefix_cache.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
 
     model = default_model()
@@ -72,24 +91,38 @@ def main() -> int:
     warm = statistics.median(r.warm_ttft_s for r in runs)
     print(f"{'question':<58}{'prompt tok':>11}{'cached':>8}{'cold ms':>9}{'warm ms':>9}{'ratio':>8}")
     for r in runs:
-        print(f"{r.question.splitlines()[0][:56]:<58}{r.prompt_tokens:>11}{r.warm_cached_tokens:>8}"
-              f"{r.cold_ttft_s * 1000:>9.0f}{r.warm_ttft_s * 1000:>9.0f}{r.ttft_ratio:>7.1f}x")
-    print(f"median TTFT cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms: {cold / warm:.1f}x lower "
-          f"({'met' if cold / warm >= TTFT_TARGET else 'NOT met'}: >= {TTFT_TARGET}x)")
+        print(
+            f"{r.question.splitlines()[0][:56]:<58}{r.prompt_tokens:>11}{r.warm_cached_tokens:>8}"
+            f"{r.cold_ttft_s * 1000:>9.0f}{r.warm_ttft_s * 1000:>9.0f}{r.ttft_ratio:>7.1f}x"
+        )
+    print(
+        f"median TTFT cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms: {cold / warm:.1f}x lower "
+        f"({'met' if cold / warm >= TTFT_TARGET else 'NOT met'}: >= {TTFT_TARGET}x)"
+    )
 
     print("measuring KV-cache allocations …", file=sys.stderr)
     kv = kv_rows(model, args.contexts, args.cache_types, args.threads)
     print(f"\n{'n_ctx':>7}{'type':>6}{'calculated MiB':>16}{'llama.cpp MiB':>15}{'full bound MiB':>16}")
     for row in kv:
-        print(f"{row['n_ctx']:>7}{row['cache_type']:>6}{row['calculated_bytes'] / MIB:>16.2f}"
-              f"{row['llama_cpp_bytes'] / MIB:>15.2f}{row['full_bound_bytes'] / MIB:>16.2f}")
+        print(
+            f"{row['n_ctx']:>7}{row['cache_type']:>6}{row['calculated_bytes'] / MIB:>16.2f}"
+            f"{row['llama_cpp_bytes'] / MIB:>15.2f}{row['full_bound_bytes'] / MIB:>16.2f}"
+        )
 
-    write_report(args.json, "prefix_cache", {
-        "prefix_cache": {"runs": [asdict(r) | {"ttft_ratio": r.ttft_ratio} for r in runs],
-                         "median_cold_ttft_s": cold, "median_warm_ttft_s": warm, "ratio": cold / warm,
-                         "target_met": cold / warm >= TTFT_TARGET},
-        "kv_cache": kv,
-    })
+    write_report(
+        args.json,
+        "prefix_cache",
+        {
+            "prefix_cache": {
+                "runs": [asdict(r) | {"ttft_ratio": r.ttft_ratio} for r in runs],
+                "median_cold_ttft_s": cold,
+                "median_warm_ttft_s": warm,
+                "ratio": cold / warm,
+                "target_met": cold / warm >= TTFT_TARGET,
+            },
+            "kv_cache": kv,
+        },
+    )
     return 0
 
 

@@ -99,22 +99,46 @@ def measure_level(server: LlamaServer, concurrency: int, rounds: int, output_len
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="server threads (default: all cores; run on a quiet machine)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="concurrency levels; 1 is the single-stream baseline")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="server threads (default: all cores; run on a quiet machine)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="concurrency levels; 1 is the single-stream baseline",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="requests per level = rounds x concurrency")
     parser.add_argument("--output-len", type=int, default=64, help="tokens generated per request (ignore_eos)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the workload")
-    parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True,
-                        help="flash attention in server and engine (llama-server's own default, auto, picks it on CPU)")
-    parser.add_argument("--also", nargs="*", default=["BF16"], metavar="TYPE",
-                        help="other weight formats of the default model to measure the same way (default BF16; none: --also)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/serving.json"), help="where to write JSON")
+    parser.add_argument(
+        "--flash-attn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flash attention in server and engine (llama-server's own default, auto, picks it on CPU)",
+    )
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=["BF16"],
+        metavar="TYPE",
+        help="other weight formats of the default model to measure the same way (default BF16; none: --also)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/serving.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
     if min(args.concurrency) < 1 or args.rounds < 1 or args.output_len < 2 or args.threads < 1:
         parser.error("--concurrency, --rounds and --threads must be at least 1, --output-len at least 2")
     levels = sorted(set(args.concurrency) | {1})
 
-    spec = EngineSpec(model=default_model(), n_ctx=512, threads=args.threads, parallel=max(levels), flash_attn=args.flash_attn)
+    spec = EngineSpec(
+        model=default_model(), n_ctx=512, threads=args.threads, parallel=max(levels), flash_attn=args.flash_attn
+    )
     models = {"Q4_K_M": spec.model} | {name.upper(): model_as(spec.model, name) for name in args.also}
     measured = {name: measure_weights(replace(spec, model=model), levels, args) for name, model in models.items()}
     default = {r["concurrency"]: r for r in measured["Q4_K_M"]}
@@ -122,20 +146,26 @@ def main() -> int:
         for row in rows:
             row["throughput_vs_default"] = row["output_throughput"] / default[row["concurrency"]]["output_throughput"]
 
-    header = (f"{'weights':<8}{'conc':>5}{'ok':>5}{'fail':>5}{'out tok/s':>11}{'× 1':>6}{'× Q4':>6}{'engine':>8}{'× 1':>6}"
-              f"{'server tok/s':>14}{'Δ':>7}{'Δ gen s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}{'E2EL p50':>10}{'p99':>8}")
+    header = (
+        f"{'weights':<8}{'conc':>5}{'ok':>5}{'fail':>5}{'out tok/s':>11}{'× 1':>6}{'× Q4':>6}{'engine':>8}{'× 1':>6}"
+        f"{'server tok/s':>14}{'Δ':>7}{'Δ gen s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}{'E2EL p50':>10}{'p99':>8}"
+    )
     print(header + "\n" + "-" * len(header))
     for name, rows in measured.items():
         for r in rows:
-            print(f"{name:<8}{r['concurrency']:>5}{r['completed']:>5}{r['failed']:>5}{r['output_throughput']:>11.1f}"
-                  f"{r['throughput_vs_single']:>6.2f}{r['throughput_vs_default']:>6.2f}{r['engine_output_throughput']:>8.1f}"
-                  f"{r['engine_vs_single']:>6.2f}{r['server_output_throughput']:>14.1f}{r['throughput_disagreement']:>7.1%}"
-                  f"{r['generation_time_disagreement']:>9.1%}{r['median_ttft_ms']:>10.0f}{r['p99_ttft_ms']:>8.0f}"
-                  f"{r['median_tpot_ms']:>10.1f}{r['p99_itl_ms']:>9.1f}{r['median_e2el_ms']:>10.0f}{r['p99_e2el_ms']:>8.0f}")
-    print("(× 1: to one stream of the same weights; × Q4: to the default Q4_K_M model at the same concurrency; "
-          "engine: llama-batched-bench, output tok/s of a batch of that many sequences, no server; times in ms; "
-          "Δ = |load generator / server counters − 1| for output tok/s; Δ gen s: the same for time spent generating, "
-          "Σ(E2EL − TTFT) vs llamacpp:tokens_predicted_seconds_total)")
+            print(
+                f"{name:<8}{r['concurrency']:>5}{r['completed']:>5}{r['failed']:>5}{r['output_throughput']:>11.1f}"
+                f"{r['throughput_vs_single']:>6.2f}{r['throughput_vs_default']:>6.2f}{r['engine_output_throughput']:>8.1f}"
+                f"{r['engine_vs_single']:>6.2f}{r['server_output_throughput']:>14.1f}{r['throughput_disagreement']:>7.1%}"
+                f"{r['generation_time_disagreement']:>9.1%}{r['median_ttft_ms']:>10.0f}{r['p99_ttft_ms']:>8.0f}"
+                f"{r['median_tpot_ms']:>10.1f}{r['p99_itl_ms']:>9.1f}{r['median_e2el_ms']:>10.0f}{r['p99_e2el_ms']:>8.0f}"
+            )
+    print(
+        "(× 1: to one stream of the same weights; × Q4: to the default Q4_K_M model at the same concurrency; "
+        "engine: llama-batched-bench, output tok/s of a batch of that many sequences, no server; times in ms; "
+        "Δ = |load generator / server counters − 1| for output tok/s; Δ gen s: the same for time spent generating, "
+        "Σ(E2EL − TTFT) vs llamacpp:tokens_predicted_seconds_total)"
+    )
 
     claims = {}
     level, minimum = BATCHING_CLAIM
@@ -146,7 +176,7 @@ def main() -> int:
         ratio, alone = by_level[level]["throughput_vs_single"], by_level[level]["engine_vs_single"]
         claims[f"batching {name}"] = {
             "claim": f"{name}: throughput at concurrency {level} >= {minimum}x one stream "
-                     f"(engine alone: {alone:.2f}x; {by_level[level]['throughput_vs_default']:.2f}x the default's throughput)",
+            f"(engine alone: {alone:.2f}x; {by_level[level]['throughput_vs_default']:.2f}x the default's throughput)",
             "value": ratio,
             "passed": ratio >= minimum,
         }
@@ -155,7 +185,8 @@ def main() -> int:
     claims["agreement"] = {
         "claim": f"load generator and server counters agree on throughput within {AGREEMENT_TOLERANCE:.0%} (and on every token)",
         "value": worst,
-        "passed": worst <= AGREEMENT_TOLERANCE and all(r["total_output_tokens"] == r["server_output_tokens"] for r in every),
+        "passed": worst <= AGREEMENT_TOLERANCE
+        and all(r["total_output_tokens"] == r["server_output_tokens"] for r in every),
     }
     worst = max(r["generation_time_disagreement"] for r in every)
     claims["timing_agreement"] = {
@@ -166,9 +197,16 @@ def main() -> int:
     for name, claim in claims.items():
         print(f"{'PASS' if claim['passed'] else 'FAIL'}  {name}: {claim['claim']} (measured {claim['value']:.3g})")
 
-    report = {"spec": spec.as_dict(), "weights": {name: str(path) for name, path in models.items()},
-              "rounds": args.rounds, "output_len": args.output_len, "seed": args.seed}
-    write_report(args.json, "serving", report | {"claims": claims, "results": measured["Q4_K_M"], "by_weights": measured})
+    report = {
+        "spec": spec.as_dict(),
+        "weights": {name: str(path) for name, path in models.items()},
+        "rounds": args.rounds,
+        "output_len": args.output_len,
+        "seed": args.seed,
+    }
+    write_report(
+        args.json, "serving", report | {"claims": claims, "results": measured["Q4_K_M"], "by_weights": measured}
+    )
     return 0
 
 

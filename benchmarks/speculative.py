@@ -70,7 +70,7 @@ def adaptive_ratio(plain: TimedEngine, speculative: TimedEngine, requests: int, 
     chosen = [free[i % len(free)] for i in range(requests)]
     adaptive = AdaptiveServer(plain, speculative, AdaptiveSpeculation())
     pairs = [(generate(plain, w, max_tokens), adaptive.generate(w, max_tokens)) for w in chosen]
-    settled = pairs[2 * len(free):]
+    settled = pairs[2 * len(free) :]
     return {
         "ratio": throughput([a for _, a in pairs]) / throughput([p for p, _ in pairs]),
         "steady_ratio": throughput([a for _, a in settled]) / throughput([p for p, _ in settled]) if settled else None,
@@ -84,19 +84,35 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="engine threads")
     parser.add_argument("--max-tokens", type=int, default=160, help="tokens generated per request")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per workload and side (median kept)")
-    parser.add_argument("--requests", type=int, default=8, help="free-text requests for the adaptive comparison (at least 5)")
-    parser.add_argument("--spec-type", default="ngram-simple", choices=NGRAM_LOOKUP_TYPES,
-                        help="n-gram speculation type of llama-server")
+    parser.add_argument(
+        "--requests", type=int, default=8, help="free-text requests for the adaptive comparison (at least 5)"
+    )
+    parser.add_argument(
+        "--spec-type",
+        default="ngram-simple",
+        choices=NGRAM_LOOKUP_TYPES,
+        help="n-gram speculation type of llama-server",
+    )
     parser.add_argument("--ngram-lookup", type=int, default=6, help="tokens the n-gram drafter matches before drafting")
     parser.add_argument("--draft-max", type=int, default=64, help="most tokens the n-gram drafter drafts per step")
     parser.add_argument("--no-draft-model", action="store_true", help="skip draft-model speculation")
-    parser.add_argument("--num-pred-tokens", type=int, default=10, help="tokens drafted per step by in-process prompt lookup")
+    parser.add_argument(
+        "--num-pred-tokens", type=int, default=10, help="tokens drafted per step by in-process prompt lookup"
+    )
     parser.add_argument("--no-in-process", action="store_true", help="skip in-process prompt lookup (llama-cpp-python)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/speculative.json"), help="where to write JSON")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/speculative.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
-    if args.max_tokens < 8 or args.requests < 5 or min(args.repeats, args.num_pred_tokens, args.ngram_lookup, args.draft_max) < 1:
-        parser.error("--max-tokens must be at least 8, --requests at least 5, --repeats, --num-pred-tokens, "
-                     "--ngram-lookup and --draft-max at least 1")
+    if (
+        args.max_tokens < 8
+        or args.requests < 5
+        or min(args.repeats, args.num_pred_tokens, args.ngram_lookup, args.draft_max) < 1
+    ):
+        parser.error(
+            "--max-tokens must be at least 8, --requests at least 5, --repeats, --num-pred-tokens, "
+            "--ngram-lookup and --draft-max at least 1"
+        )
 
     base = EngineSpec(model=default_model(), n_ctx=1024, threads=args.threads)
     tuned = f"{args.spec_type} {args.ngram_lookup}/{args.draft_max}"
@@ -110,7 +126,9 @@ def main() -> int:
 
     def measure(method: str, plain: TimedEngine, speculative: TimedEngine) -> None:
         print(f"measuring {method} …", file=sys.stderr)
-        compared = compare(plain, speculative, list(WORKLOADS.values()), max_tokens=args.max_tokens, repeats=args.repeats)
+        compared = compare(
+            plain, speculative, list(WORKLOADS.values()), max_tokens=args.max_tokens, repeats=args.repeats
+        )
         rows.extend({"method": method} | r.as_dict() for r in compared)
         adaptive[method] = adaptive_ratio(plain, speculative, args.requests, args.max_tokens)
 
@@ -119,38 +137,50 @@ def main() -> int:
             with LlamaServer(replace(base, **options)) as speculative:
                 measure(method, plain, speculative)
     if not args.no_in_process:
-        with PromptLookupEngine(base, num_pred_tokens=0) as plain, \
-                PromptLookupEngine(base, num_pred_tokens=args.num_pred_tokens) as lookup:
+        with (
+            PromptLookupEngine(base, num_pred_tokens=0) as plain,
+            PromptLookupEngine(base, num_pred_tokens=args.num_pred_tokens) as lookup,
+        ):
             measure("in-process lookup", plain, lookup)
 
     header = f"{'method':<24}{'workload':<11}{'kind':<12}{'plain tok/s':>12}{'spec tok/s':>11}{'speedup':>9}{'accept':>8}{'same text':>10}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['method']:<24}{r['workload']:<11}{r['kind']:<12}{r['plain_tokens_per_s']:>12.1f}{r['speculative_tokens_per_s']:>11.1f}"
-              f"{r['speedup']:>8.2f}x{r['acceptance_rate']:>8.0%}{'yes' if r['identical'] else 'NO':>10}")
+        print(
+            f"{r['method']:<24}{r['workload']:<11}{r['kind']:<12}{r['plain_tokens_per_s']:>12.1f}{r['speculative_tokens_per_s']:>11.1f}"
+            f"{r['speedup']:>8.2f}x{r['acceptance_rate']:>8.0%}{'yes' if r['identical'] else 'NO':>10}"
+        )
     print("(n-gram methods: type, then lookup/draft tokens; 'defaults': llama.cpp's)")
     print("\nadaptive policy on free text (throughput vs plain decoding):")
     for method, a in adaptive.items():
-        print(f"  {method:<24}{a['steady_ratio']:.2f}x after measuring both ways, {a['ratio']:.2f}x counting its tries "
-              f"({a['speculated_requests']} of {a['requests']} requests speculated)")
+        print(
+            f"  {method:<24}{a['steady_ratio']:.2f}x after measuring both ways, {a['ratio']:.2f}x counting its tries "
+            f"({a['speculated_requests']} of {a['requests']} requests speculated)"
+        )
 
     copy = [r for r in rows if r["method"] == tuned and r["kind"] == "copy-heavy"]
     verdict = {
         f"copy-heavy speedup >= {COPY_TARGET}x ({tuned})": min(r["speedup"] for r in copy) >= COPY_TARGET,
         "copy-heavy greedy output identical": all(r["identical"] for r in rows if r["kind"] == "copy-heavy"),
-        f"free text >= {FREE_TARGET}x with the adaptive policy": all(a["steady_ratio"] >= FREE_TARGET for a in adaptive.values()),
+        f"free text >= {FREE_TARGET}x with the adaptive policy": all(
+            a["steady_ratio"] >= FREE_TARGET for a in adaptive.values()
+        ),
     }
     print("\n" + "\n".join(f"{'met' if ok else 'NOT met'}: {claim}" for claim, ok in verdict.items()))
-    write_report(args.json, "speculative", {
-        "spec": base.as_dict(),
-        "max_tokens": args.max_tokens,
-        "repeats": args.repeats,
-        "ngram": {"spec_type": args.spec_type, "lookup": args.ngram_lookup, "draft_max": args.draft_max},
-        "num_pred_tokens": None if args.no_in_process else args.num_pred_tokens,
-        "results": rows,
-        "adaptive": adaptive,
-        "targets": verdict,
-    })
+    write_report(
+        args.json,
+        "speculative",
+        {
+            "spec": base.as_dict(),
+            "max_tokens": args.max_tokens,
+            "repeats": args.repeats,
+            "ngram": {"spec_type": args.spec_type, "lookup": args.ngram_lookup, "draft_max": args.draft_max},
+            "num_pred_tokens": None if args.no_in_process else args.num_pred_tokens,
+            "results": rows,
+            "adaptive": adaptive,
+            "targets": verdict,
+        },
+    )
     return 0
 
 

@@ -15,7 +15,16 @@ import pytest
 
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route, Rule
-from llmops_lib.observe.alerting import AlertRule, Selector, exposed_samples, histogram_buckets, histogram_quantile, load_rules, selectors, unknown_series
+from llmops_lib.observe.alerting import (
+    AlertRule,
+    Selector,
+    exposed_samples,
+    histogram_buckets,
+    histogram_quantile,
+    load_rules,
+    selectors,
+    unknown_series,
+)
 from llmops_lib.observe.engine_metrics import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +34,11 @@ DEAD_URL = "http://127.0.0.1:9"
 
 def test_selectors_skip_functions_keywords_grouping_and_durations():
     expr = 'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{x="1", y=~"5.."}[5m]))) > 2 and on (model) b offset 1d unless c:rule'
-    assert selectors(expr) == [Selector("a_bucket", (("x", "=", "1"), ("y", "=~", "5.."))), Selector("b"), Selector("c:rule")]
+    assert selectors(expr) == [
+        Selector("a_bucket", (("x", "=", "1"), ("y", "=~", "5.."))),
+        Selector("b"),
+        Selector("c:rule"),
+    ]
 
 
 def test_the_rule_file_is_well_formed():
@@ -33,21 +46,50 @@ def test_the_rule_file_is_well_formed():
     assert len(rules) >= 8 and {r.severity for r in rules} <= {"page", "ticket"}
     assert all(r.summary and r.description and r.for_ for r in rules)
     selected = {s.metric for r in rules for s in r.selectors}
-    for family in ("requests_total", "ttft_seconds_bucket", "tpot_seconds_bucket", "e2e_seconds_bucket", "queue_depth", "upstream_errors_total", "cache_hits_total", "cache_lookups_total"):
+    for family in (
+        "requests_total",
+        "ttft_seconds_bucket",
+        "tpot_seconds_bucket",
+        "e2e_seconds_bucket",
+        "queue_depth",
+        "upstream_errors_total",
+        "cache_hits_total",
+        "cache_lookups_total",
+    ):
         assert f"llmops_gateway_{family}" in selected, f"no alert watches llmops_gateway_{family}"
     assert "llmops_engine" in selected
 
 
-@pytest.mark.parametrize("text, match", [
-    ("groups: []", "no `groups`"),
-    ("groups: [{name: g, rules: [{alert: A, expr: up > 0, labels: {severity: page}, annotations: {summary: s, description: d}}]}]", "needs `for`"),
-    ("groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: urgent}, annotations: {summary: s, description: d}}]}]", "severity"),
-    ("groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: page}, annotations: {summary: s}}]}]", "description"),
-    ("groups: [{name: g, rules: [{alert: A, expr: '1 > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]", "selects no series"),
-    (("groups: [{name: g, rules: [{alert: A, expr: 'up > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}, "
-      "{alert: A, expr: 'up > 1', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]"), "unique"),
-    ("groups: [oops", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("groups: []", "no `groups`"),
+        (
+            "groups: [{name: g, rules: [{alert: A, expr: up > 0, labels: {severity: page}, annotations: {summary: s, description: d}}]}]",
+            "needs `for`",
+        ),
+        (
+            "groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: urgent}, annotations: {summary: s, description: d}}]}]",
+            "severity",
+        ),
+        (
+            "groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: page}, annotations: {summary: s}}]}]",
+            "description",
+        ),
+        (
+            "groups: [{name: g, rules: [{alert: A, expr: '1 > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]",
+            "selects no series",
+        ),
+        (
+            (
+                "groups: [{name: g, rules: [{alert: A, expr: 'up > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}, "
+                "{alert: A, expr: 'up > 1', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]"
+            ),
+            "unique",
+        ),
+        ("groups: [oops", "not valid YAML"),
+    ],
+)
 def test_bad_rule_files_name_the_problem(tmp_path, text, match):
     path = tmp_path / "alerts.yml"
     path.write_text(text)
@@ -63,13 +105,25 @@ def test_histogram_quantile_interpolates_like_prometheus():
     assert math.isnan(histogram_quantile(0.5, {1.0: 0.0, math.inf: 0.0}))
     with pytest.raises(SpecError, match=r"\+Inf"):
         histogram_quantile(0.5, {1.0: 3.0})
-    samples = parse_metrics('h_bucket{m="a",le="1.0"} 2\nh_bucket{m="b",le="1.0"} 1\nh_bucket{m="a",le="+Inf"} 3\nh_bucket{m="b",le="+Inf"} 4\nh_sum 9\n')
+    samples = parse_metrics(
+        'h_bucket{m="a",le="1.0"} 2\nh_bucket{m="b",le="1.0"} 1\nh_bucket{m="a",le="+Inf"} 3\nh_bucket{m="b",le="+Inf"} 4\nh_sum 9\n'
+    )
     assert histogram_buckets(samples, "h") == {1.0: 3.0, math.inf: 7.0}
 
 
 def test_unknown_series_names_a_typo_a_missing_label_and_a_wrong_value():
-    samples = exposed_samples('# TYPE r counter\nr_total{status="200"} 3\n# TYPE g gauge\ng{name="requests_waiting"} 0\n')
-    rule = AlertRule("g", "A", 'rate(r_total{status="200"}[5m]) + rate(rr_total[5m]) + g{name="requests_wating"} + g{kind="x"}', "5m", "page", "s", "d")
+    samples = exposed_samples(
+        '# TYPE r counter\nr_total{status="200"} 3\n# TYPE g gauge\ng{name="requests_waiting"} 0\n'
+    )
+    rule = AlertRule(
+        "g",
+        "A",
+        'rate(r_total{status="200"}[5m]) + rate(rr_total[5m]) + g{name="requests_wating"} + g{kind="x"}',
+        "5m",
+        "page",
+        "s",
+        "d",
+    )
     assert unknown_series(rule, samples) == [
         "A: no series rr_total",
         "A: g{name='requests_wating'} is not exposed (values: ['requests_waiting'])",
@@ -81,14 +135,35 @@ def test_unknown_series_names_a_typo_a_missing_label_and_a_wrong_value():
 def test_every_alert_selects_series_the_real_gateway_exposes(server, tmp_path):
     """Traffic that makes every series appear: a cache hit, a stream, an upstream failure with
     fallback, and a burst into a gateway of one slot and a one-place queue (waits and 429s)."""
-    route = Route(model="gemma", deployments=[Deployment(name="live", url=server.base_url), Deployment(name="dead", url=DEAD_URL, weight=0)],
-                  fallback="live", rule=Rule(deployment="dead", tag="dead"))
-    config = GatewayConfig(routes=[route], request_log=str(tmp_path / "requests.sqlite"), concurrency=1, queue_size=1,
-                           prices={"live": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.2}})
+    route = Route(
+        model="gemma",
+        deployments=[Deployment(name="live", url=server.base_url), Deployment(name="dead", url=DEAD_URL, weight=0)],
+        fallback="live",
+        rule=Rule(deployment="dead", tag="dead"),
+    )
+    config = GatewayConfig(
+        routes=[route],
+        request_log=str(tmp_path / "requests.sqlite"),
+        concurrency=1,
+        queue_size=1,
+        prices={"live": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.2}},
+    )
     with GatewayServer(config) as gw, httpx.Client(base_url=gw.base_url, timeout=120) as http:
         for _ in range(2):
-            assert http.post("/v1/completions", json={"model": "gemma", "prompt": "Hello", "max_tokens": 4, "temperature": 0}).status_code == 200
-        assert http.post("/v1/completions", json={"model": "gemma", "prompt": "Hi", "max_tokens": 4}, headers={"x-llmops-tag": "dead"}).status_code == 200
+            assert (
+                http.post(
+                    "/v1/completions", json={"model": "gemma", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+                ).status_code
+                == 200
+            )
+        assert (
+            http.post(
+                "/v1/completions",
+                json={"model": "gemma", "prompt": "Hi", "max_tokens": 4},
+                headers={"x-llmops-tag": "dead"},
+            ).status_code
+            == 200
+        )
         stream = {"model": "gemma", "prompt": "Once upon a time", "max_tokens": 24, "stream": True, "ignore_eos": True}
         with ThreadPoolExecutor(6) as pool:
             statuses = list(pool.map(lambda _: http.post("/v1/completions", json=stream).status_code, range(6)))

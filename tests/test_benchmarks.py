@@ -21,9 +21,24 @@ def test_benchmark_help(script):
 def test_engine_baseline_runs_and_writes_ratios(tmp_path, model_path):
     out = tmp_path / "baseline.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/engine_baseline.py"), "--threads", "1", "--repeats", "1",
-         "--max-tokens", "8", "--paths", "in-process", "llama-server", "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/engine_baseline.py"),
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--max-tokens",
+            "8",
+            "--paths",
+            "in-process",
+            "llama-server",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "roofline:" in result.stdout and "llama-server" in result.stdout

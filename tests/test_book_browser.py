@@ -28,8 +28,14 @@ HTML = ROOT / "book" / "_build" / "html"  # make book builds with --path-output 
 FIGURE_DIV = "div.plotly-graph-div"
 MATH = ".math"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
     # Chromium itself still calls home (updates, accounts); resolve no host but the local server,
     # so nothing leaves the machine. Those calls are the browser's, not the page's: not counted.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
@@ -113,9 +119,18 @@ def visit(chromium: str, site: str, tmp_path_factory: pytest.TempPathFactory) ->
             name = page.replace("/", "_").removesuffix(".html")
             screenshot, netlog = out / f"{name}.png", out / f"{name}.netlog.json"
             done = subprocess.run(
-                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={out / name}", f"--log-net-log={netlog}",
-                 f"--screenshot={screenshot}", "--dump-dom", f"{site}/{page}"],
-                capture_output=True, text=True, timeout=180,
+                [
+                    chromium,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={out / name}",
+                    f"--log-net-log={netlog}",
+                    f"--screenshot={screenshot}",
+                    "--dump-dom",
+                    f"{site}/{page}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
             )
             assert done.returncode == 0 and screenshot.is_file(), f"chromium failed on {page}:\n{done.stderr[-3000:]}"
             visits[page] = Visit(BeautifulSoup(done.stdout, "html.parser"), screenshot, page_requests(netlog, site))

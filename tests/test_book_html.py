@@ -138,6 +138,9 @@ def test_math_pages_load_the_local_mathjax_with_its_fonts(pages: dict[str, Beaut
 def test_tables_printed_by_cells_are_real_tables(pages):
     """A Markdown table a cell prints stays text in the book (CommonMark outputs): use viz.grid."""
     for name, page in chapter_pages(pages).items():
-        raw = [p.get_text()[:80] for p in page.select("div.cell_output p")
-               if sum(line.startswith("|") and line.rstrip().endswith("|") for line in p.get_text().splitlines()) >= 2]
+        raw = [
+            p.get_text()[:80]
+            for p in page.select("div.cell_output p")
+            if sum(line.startswith("|") and line.rstrip().endswith("|") for line in p.get_text().splitlines()) >= 2
+        ]
         assert not raw, f"{name}: a cell printed a Markdown table that was not rendered: {raw[0]!r}"

@@ -44,12 +44,16 @@ def test_serve_answers_and_stops_on_sigterm(model_path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "llmops_lib", "serve", "--port", str(port), "--threads", "1", "--parallel", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         banner = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/v1" in banner, process.stderr.read() if process.poll() is not None else banner
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "Hello", "max_tokens": 4}, timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "Hello", "max_tokens": 4}, timeout=60
+        )
         assert answer.status_code == 200 and answer.json()["choices"][0]["text"]
     finally:
         process.send_signal(signal.SIGTERM)

@@ -16,7 +16,10 @@ from llmops_lib.runbooks import ExitCode, run_runbook
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOK = str(ROOT / "runbooks" / "cost_report.ipynb")
-PRICES = {"small": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.4}, "large": {"per_1k_input_usd": 0.5, "per_1k_output_usd": 2.0}}
+PRICES = {
+    "small": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.4},
+    "large": {"per_1k_input_usd": 0.5, "per_1k_output_usd": 2.0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +27,35 @@ def traffic(server, tmp_path_factory) -> dict:
     """Real traffic through a real gateway: short prompts routed to `small`, long ones to `large`,
     each greedy request sent twice (the second is a cache hit), and one stream."""
     folder = tmp_path_factory.mktemp("cost")
-    route = Route(model="gemma", deployments=[Deployment(name="small", url=server.base_url, weight=0), Deployment(name="large", url=server.base_url)],
-                  fallback="large", rule=Rule(deployment="small", max_prompt_chars=40))
+    route = Route(
+        model="gemma",
+        deployments=[
+            Deployment(name="small", url=server.base_url, weight=0),
+            Deployment(name="large", url=server.base_url),
+        ],
+        fallback="large",
+        rule=Rule(deployment="small", max_prompt_chars=40),
+    )
     config = GatewayConfig(routes=[route], request_log=str(folder / "requests.sqlite"), prices=PRICES)
     config_path = folder / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     prompts = ["The capital of France is", "Write one sentence about the sea, the wind and the harbour at night:"]
     with GatewayServer(config) as gw, httpx.Client(base_url=gw.base_url, timeout=120) as http:
-        served = [http.post("/v1/completions", json={"model": "gemma", "prompt": p, "max_tokens": 6, "temperature": 0}).headers["x-llmops-deployment"]
-                  for p in prompts * 2]
-        assert http.post("/v1/completions", json={"model": "gemma", "prompt": prompts[0], "max_tokens": 6, "stream": True}).status_code == 200
-    assert served == ["small", "large", "cache", "cache"], "short prompt to small, long to large, repeats from the cache"
+        served = [
+            http.post(
+                "/v1/completions", json={"model": "gemma", "prompt": p, "max_tokens": 6, "temperature": 0}
+            ).headers["x-llmops-deployment"]
+            for p in prompts * 2
+        ]
+        assert (
+            http.post(
+                "/v1/completions", json={"model": "gemma", "prompt": prompts[0], "max_tokens": 6, "stream": True}
+            ).status_code
+            == 200
+        )
+    assert served == ["small", "large", "cache", "cache"], (
+        "short prompt to small, long to large, repeats from the cache"
+    )
     with RequestLog(config.request_log) as reader:
         rows = reader.rows()
     return {"log": config.request_log, "config": str(config_path), "rows": rows}
@@ -43,35 +64,59 @@ def traffic(server, tmp_path_factory) -> dict:
 @pytest.mark.engine
 def test_within_budget_reports_spend_and_savings(traffic):
     spent = sum(r["cost_usd"] or 0 for r in traffic["rows"])
-    result = run_runbook(RUNBOOK, {"request_log": traffic["log"], "hours": "1", "prices_config": traffic["config"], "reference": "large", "budget_usd": str(spent * 2)})
+    result = run_runbook(
+        RUNBOOK,
+        {
+            "request_log": traffic["log"],
+            "hours": "1",
+            "prices_config": traffic["config"],
+            "reference": "large",
+            "budget_usd": str(spent * 2),
+        },
+    )
     assert result.exit_code == ExitCode.OK, result.error
     records = result.records
     assert records["requests"] == len(traffic["rows"]) == 5
     assert records["total_usd"] == pytest.approx(spent) and spent > 0
     assert {"small", "large"} <= set(records["by_deployment_usd"])
     assert records["cache_savings"]["hits"] == 2 and records["cache_savings"]["usd"] > 0
-    assert records["routing_savings"]["reference"] == "large" and records["routing_savings"]["usd"] > 0, "the short prompt went to the cheap deployment"
+    assert records["routing_savings"]["reference"] == "large" and records["routing_savings"]["usd"] > 0, (
+        "the short prompt went to the cheap deployment"
+    )
     assert records["gate.budget_usd"]["passed"] is True
     assert (Path(result.run_dir) / "cost_report.ipynb").is_file()
 
 
 @pytest.mark.engine
 def test_over_budget_fails_the_gate_and_keeps_the_notebook(traffic):
-    result = run_runbook(RUNBOOK, {"request_log": traffic["log"], "hours": "1", "deployments": "large", "budget_usd": "1e-9"})
+    result = run_runbook(
+        RUNBOOK, {"request_log": traffic["log"], "hours": "1", "deployments": "large", "budget_usd": "1e-9"}
+    )
     assert result.exit_code == ExitCode.GATE_FAILED, result.error
     assert result.records["gate.budget_usd"]["passed"] is False and "budget_usd" in result.error
-    assert result.records["requests"] == sum(r["deployment"] == "large" for r in traffic["rows"]), "only the deployments asked for"
+    assert result.records["requests"] == sum(r["deployment"] == "large" for r in traffic["rows"]), (
+        "only the deployments asked for"
+    )
     assert (Path(result.run_dir) / "cost_report.ipynb").is_file() and (Path(result.run_dir) / "summary.json").is_file()
 
 
 @pytest.mark.engine
 def test_a_period_without_requests_is_a_broken_run_not_a_pass(traffic):
-    result = run_runbook(RUNBOOK, {"request_log": traffic["log"], "since": "2001-01-01T00:00", "until": "2001-01-02T00:00", "budget_usd": "1"})
+    result = run_runbook(
+        RUNBOOK,
+        {"request_log": traffic["log"], "since": "2001-01-01T00:00", "until": "2001-01-02T00:00", "budget_usd": "1"},
+    )
     assert result.exit_code == ExitCode.INFRASTRUCTURE and "no request" in result.error
 
 
-@pytest.mark.parametrize("parameters, match", [({"budget": "5"}, "has no parameter 'budget'"), ({"hours": "soon"}, "must be float"),
-                                               ({"budget_usd": "lots"}, "must be float")])
+@pytest.mark.parametrize(
+    "parameters, match",
+    [
+        ({"budget": "5"}, "has no parameter 'budget'"),
+        ({"hours": "soon"}, "must be float"),
+        ({"budget_usd": "lots"}, "must be float"),
+    ],
+)
 def test_unknown_or_ill_typed_parameters_are_refused_before_anything_runs(parameters, match, llmops_home):
     runs = llmops_home / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()

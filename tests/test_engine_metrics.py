@@ -20,17 +20,29 @@ GATEWAY_TEXT = 'llmops_gateway_tokens_total{model="m",deployment="a",direction="
 
 
 def test_parse_keeps_labels_skips_comments_and_reads_timestamped_samples():
-    samples = parse_metrics(VLLM_TEXT + "garbage line here\nbad{x=\"1\"} notanumber\n")
+    samples = parse_metrics(VLLM_TEXT + 'garbage line here\nbad{x="1"} notanumber\n')
     assert samples['vllm:num_requests_running{engine="0",model_name="gemma"}'] == 2.0
     assert samples['vllm:time_to_first_token_seconds_sum{engine="0",model_name="gemma"}'] == 0.75
     assert not any(name.startswith(("#", "garbage", "bad")) for name in samples)
 
 
-@pytest.mark.parametrize("text, engine, expected", [
-    (VLLM_TEXT, "vllm", {"requests_running": 2.0, "generation_tokens_total": 150.0, "prefix_cache_hits_total": 1344.0, "ttft_seconds_sum": 0.75}),
-    (LLAMA_TEXT, "llamacpp", {"generation_tokens_total": 42.0, "requests_running": 1.0}),
-    (GATEWAY_TEXT, "gateway", {"prompt_tokens_total": 7.0, "generation_tokens_total": 5.0}),
-])
+@pytest.mark.parametrize(
+    "text, engine, expected",
+    [
+        (
+            VLLM_TEXT,
+            "vllm",
+            {
+                "requests_running": 2.0,
+                "generation_tokens_total": 150.0,
+                "prefix_cache_hits_total": 1344.0,
+                "ttft_seconds_sum": 0.75,
+            },
+        ),
+        (LLAMA_TEXT, "llamacpp", {"generation_tokens_total": 42.0, "requests_running": 1.0}),
+        (GATEWAY_TEXT, "gateway", {"prompt_tokens_total": 7.0, "generation_tokens_total": 5.0}),
+    ],
+)
 def test_each_engine_reads_the_same_under_common_names(text, engine, expected):
     assert engine_of(text) == engine
     assert common_samples(text) == expected, "summed over labels, label filters applied, absent names absent"

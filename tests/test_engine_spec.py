@@ -12,7 +12,14 @@ from llmops_lib.errors import SpecError
 
 @pytest.mark.parametrize(
     "field, value",
-    [("n_ctx", 0), ("threads", 0), ("parallel", -1), ("batch_size", 0), ("cache_type_k", "q3_z"), ("cache_type_v", "fp8")],
+    [
+        ("n_ctx", 0),
+        ("threads", 0),
+        ("parallel", -1),
+        ("batch_size", 0),
+        ("cache_type_k", "q3_z"),
+        ("cache_type_v", "fp8"),
+    ],
 )
 def test_invalid_values_are_refused(field, value):
     with pytest.raises(SpecError, match=field):
@@ -49,10 +56,14 @@ def test_speculative_options_become_llama_server_flags(tmp_path):
     assert "--spec-type" not in LlamaServer(EngineSpec(model=Path("m.gguf"))).command(port=9999)
     assert spec.as_dict()["draft_model"] == str(draft)
     # an n-gram drafter takes its own flags: lookup length and draft length
-    argv = LlamaServer(EngineSpec(model=Path("m.gguf"), spec_type="ngram-simple", ngram_lookup=6, draft_max=64)).command(9999)
+    argv = LlamaServer(
+        EngineSpec(model=Path("m.gguf"), spec_type="ngram-simple", ngram_lookup=6, draft_max=64)
+    ).command(9999)
     assert argv[argv.index("--spec-ngram-simple-size-n") + 1] == "6"
     assert argv[argv.index("--spec-ngram-simple-size-m") + 1] == "64" and "--spec-draft-n-max" not in argv
-    argv = LlamaServer(EngineSpec(model=Path("m.gguf"), spec_type="ngram-mod", ngram_lookup=8, draft_min=8, draft_max=32)).command(9999)
+    argv = LlamaServer(
+        EngineSpec(model=Path("m.gguf"), spec_type="ngram-mod", ngram_lookup=8, draft_min=8, draft_max=32)
+    ).command(9999)
     assert [argv[argv.index(f) + 1] for f in NGRAM_FLAGS["ngram-mod"]] == ["8", "32", "8"]
 
 

@@ -23,7 +23,9 @@ def small_disk(tmp_path):
     def mount(size_mib: int) -> Path:
         point = tmp_path / f"disk{len(mounts)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(point)], capture_output=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(point)], capture_output=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.decode().strip()}")
         mounts.append(point)
@@ -65,7 +67,10 @@ def test_runbook_on_a_full_disk_exits_4_and_keeps_nothing_half_written(small_dis
     fill(disk)
     result = subprocess.run(
         [sys.executable, "-m", "llmops_lib", "runbook", "run", "health_check", "-p", "requests=1", "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT, env=os.environ | {"LLMOPS_HOME": str(disk)},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | {"LLMOPS_HOME": str(disk)},
     )
     assert result.returncode == ExitCode.INFRASTRUCTURE, result.stderr
     last = result.stderr.strip().splitlines()[-1]

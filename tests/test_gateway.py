@@ -18,8 +18,19 @@ DEAD_URL = "http://127.0.0.1:9"
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
     log = tmp_path_factory.mktemp("gw") / "requests.sqlite"
-    routes = [Route(model="gemma", deployments=[Deployment(name="a", url=server.base_url), Deployment(name="dead", url=DEAD_URL, weight=0)], fallback="a")]
-    config = GatewayConfig(routes=routes, admin_keys=["adm"], request_log=str(log), prices={"a": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.2}})
+    routes = [
+        Route(
+            model="gemma",
+            deployments=[Deployment(name="a", url=server.base_url), Deployment(name="dead", url=DEAD_URL, weight=0)],
+            fallback="a",
+        )
+    ]
+    config = GatewayConfig(
+        routes=routes,
+        admin_keys=["adm"],
+        request_log=str(log),
+        prices={"a": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.2}},
+    )
     with GatewayServer(config) as gw:
         yield gw, log
 
@@ -32,11 +43,17 @@ def _rows(log, ids: set[str] = frozenset()) -> list[dict]:
 def test_openai_client_unchanged_cache_and_log(gateway):
     gw, log = gateway
     client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused")
-    first = client.completions.with_raw_response.create(model="gemma", prompt="Hello there", max_tokens=3, temperature=0)
-    again = client.completions.with_raw_response.create(model="gemma", prompt="Hello there", max_tokens=3, temperature=0)
+    first = client.completions.with_raw_response.create(
+        model="gemma", prompt="Hello there", max_tokens=3, temperature=0
+    )
+    again = client.completions.with_raw_response.create(
+        model="gemma", prompt="Hello there", max_tokens=3, temperature=0
+    )
     assert first.headers["x-llmops-deployment"] == "a" and again.headers["x-llmops-deployment"] == "cache"
     assert first.parse().choices[0].text == again.parse().choices[0].text
-    pieces = [c.choices[0].text for c in client.completions.create(model="gemma", prompt="Hello", max_tokens=3, stream=True)]
+    pieces = [
+        c.choices[0].text for c in client.completions.create(model="gemma", prompt="Hello", max_tokens=3, stream=True)
+    ]
     assert "".join(pieces)
     ids = {first.headers["x-request-id"], again.headers["x-request-id"]}
     rows = {r["request_id"]: r for r in _rows(log, ids)}
@@ -44,8 +61,15 @@ def test_openai_client_unchanged_cache_and_log(gateway):
     assert rows[first.headers["x-request-id"]]["cost_usd"] > 0
 
 
-@pytest.mark.parametrize("body, param", [(b"{bad", None), (b'{"model": "gemma", "prompt": "x", "max_tokens": -1}', "max_tokens"),
-                                          (b'{"model": "nope", "prompt": "x"}', "model"), (b'{"model": "gemma", "prompt": 3}', "prompt")])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (b"{bad", None),
+        (b'{"model": "gemma", "prompt": "x", "max_tokens": -1}', "max_tokens"),
+        (b'{"model": "nope", "prompt": "x"}', "model"),
+        (b'{"model": "gemma", "prompt": 3}', "prompt"),
+    ],
+)
 def test_bad_input_is_4xx_naming_the_field(gateway, body, param):
     response = httpx.post(gateway[0].base_url + "/v1/completions", content=body)
     assert 400 <= response.status_code < 500 and response.json()["error"]["param"] == param
@@ -62,11 +86,15 @@ def test_admin_weights_and_fallback(gateway):
         admin.set_weights("gemma", {"ghost": 100, "a": 0})
     admin.set_weights("gemma", {"a": 0, "dead": 100})
     try:
-        response = httpx.post(gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Hi", "max_tokens": 2}, timeout=60)
+        response = httpx.post(
+            gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Hi", "max_tokens": 2}, timeout=60
+        )
     finally:
         admin.set_weights("gemma", {"a": 100, "dead": 0})
     assert response.status_code == 200 and response.headers["x-llmops-deployment"] == "a"
-    row = next(r for r in _rows(log, {response.headers["x-request-id"]}) if r["request_id"] == response.headers["x-request-id"])
+    row = next(
+        r for r in _rows(log, {response.headers["x-request-id"]}) if r["request_id"] == response.headers["x-request-id"]
+    )
     assert row["fallback_from"] == "dead" and row["deployment"] == "a"
 
 
@@ -87,8 +115,16 @@ def test_gateway_cli_help_and_one_line_error(tmp_path):
 
     shown = subprocess.run([sys.executable, "-m", "llmops_lib", "gateway", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0 and "--config" in shown.stdout and "request-log row" in shown.stdout
-    missing = subprocess.run([sys.executable, "-m", "llmops_lib", "gateway", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True)
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and missing.stderr.startswith("error: no gateway configuration")
+    missing = subprocess.run(
+        [sys.executable, "-m", "llmops_lib", "gateway", "--config", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        missing.returncode == 1
+        and missing.stderr.count("\n") == 1
+        and missing.stderr.startswith("error: no gateway configuration")
+    )
 
 
 def test_load_test_runbook_through_the_gateway(gateway):
@@ -96,9 +132,13 @@ def test_load_test_runbook_through_the_gateway(gateway):
 
     gw, log = gateway
     before = len(_rows(log))
-    run = run_runbook("load_test", {"endpoint": gw.base_url, "model": "gemma", "duration_s": 2.0, "output_len": 4, "concurrency": 2})
+    run = run_runbook(
+        "load_test", {"endpoint": gw.base_url, "model": "gemma", "duration_s": 2.0, "output_len": 4, "concurrency": 2}
+    )
     assert run.exit_code == ExitCode.OK and run.records["failed"] == 0
     deadline = time.monotonic() + 30  # the gateway writes its log in the background
     while len(_rows(log)) - before < run.records["completed"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(_rows(log)) - before >= run.records["completed"] > 0, "every request of the load test is in the gateway's log"
+    assert len(_rows(log)) - before >= run.records["completed"] > 0, (
+        "every request of the load test is in the gateway's log"
+    )

@@ -38,7 +38,12 @@ def test_1000_requests_at_concurrency_16_each_answered_and_logged_once(server, t
 
             async def worker() -> None:
                 for i in todo:
-                    body = {"model": "gemma", "prompt": f"Item {i % 250}:", "max_tokens": 2, "temperature": 0 if i % 4 == 0 else 0.7}
+                    body = {
+                        "model": "gemma",
+                        "prompt": f"Item {i % 250}:",
+                        "max_tokens": 2,
+                        "temperature": 0 if i % 4 == 0 else 0.7,
+                    }
                     if i % 5 == 0:
                         body["stream"] = True
                     answers.append(await client.post("/v1/completions", json=body))
@@ -55,16 +60,22 @@ def test_1000_requests_at_concurrency_16_each_answered_and_logged_once(server, t
     assert sum(a.status_code == 200 for a in answers) == 1000, {a.status_code for a in answers}
     rows = _rows_for(tmp_path / "requests.sqlite", set(ids))
     assert sorted(r["request_id"] for r in rows) == sorted(ids), "exactly one row per request, none extra"
-    assert sum(r["cache_hit"] for r in rows) > 0 and all(r["gen_ai_usage_output_tokens"] for r in rows if not r["cache_hit"])
+    assert sum(r["cache_hit"] for r in rows) > 0 and all(
+        r["gen_ai_usage_output_tokens"] for r in rows if not r["cache_hit"]
+    )
 
 
 def test_engine_killed_mid_stream_error_event_then_failover(server, model_path, tmp_path):
     with LlamaServer(EngineSpec(model=model_path, n_ctx=512, threads=1, parallel=1)) as victim:
-        deployments = [Deployment(name="victim", url=victim.base_url), Deployment(name="a", url=server.base_url, weight=0)]
+        deployments = [
+            Deployment(name="victim", url=victim.base_url),
+            Deployment(name="a", url=server.base_url, weight=0),
+        ]
         with _gateway(tmp_path, deployments, fallback="a") as gw:
             client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
-            stream = client.completions.with_raw_response.create(model="gemma", prompt="Once upon a time", max_tokens=400, stream=True,
-                                                                 extra_body={"ignore_eos": True})
+            stream = client.completions.with_raw_response.create(
+                model="gemma", prompt="Once upon a time", max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+            )
             streamed_id = stream.headers["x-request-id"]
             chunks = 0
             with pytest.raises(openai.APIError, match="mid-stream"):
@@ -72,9 +83,14 @@ def test_engine_killed_mid_stream_error_event_then_failover(server, model_path, 
                     chunks += 1
                     if chunks == 3:
                         victim.kill()
-            after = httpx.post(gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Hi", "max_tokens": 2}, timeout=60)
+            after = httpx.post(
+                gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Hi", "max_tokens": 2}, timeout=60
+            )
     assert chunks >= 3 and after.status_code == 200 and after.headers["x-llmops-deployment"] == "a"
-    rows = {r["request_id"]: r for r in _rows_for(tmp_path / "requests.sqlite", {streamed_id, after.headers["x-request-id"]})}
+    rows = {
+        r["request_id"]: r
+        for r in _rows_for(tmp_path / "requests.sqlite", {streamed_id, after.headers["x-request-id"]})
+    }
     died, failed_over = rows[streamed_id], rows[after.headers["x-request-id"]]
     assert (died["deployment"], died["http_status"], died["error_type"]) == ("victim", 502, "upstream_died_mid_stream")
     assert (failed_over["deployment"], failed_over["fallback_from"], failed_over["http_status"]) == ("a", "victim", 200)
@@ -82,7 +98,10 @@ def test_engine_killed_mid_stream_error_event_then_failover(server, model_path, 
 
 def _queue_depth(base_url: str, priority: str) -> float:
     text = httpx.get(base_url + "/metrics", timeout=10).text
-    line = next((line for line in text.splitlines() if line.startswith(f'llmops_gateway_queue_depth{{priority="{priority}"}}')), None)
+    line = next(
+        (line for line in text.splitlines() if line.startswith(f'llmops_gateway_queue_depth{{priority="{priority}"}}')),
+        None,
+    )
     return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
 
@@ -101,8 +120,12 @@ def test_interactive_goes_before_batch_and_a_full_queue_answers_429(server, tmp_
             body = {"model": "gemma", "prompt": f"{name}:", "max_tokens": 4, "priority": priority, "temperature": 0.5}
             answers[name] = httpx.post(gw.base_url + "/v1/completions", json=body, timeout=120)
 
-        with httpx.stream("POST", gw.base_url + "/v1/completions", timeout=120,
-                          json={"model": "gemma", "prompt": "Hold", "max_tokens": 60, "stream": True, "ignore_eos": True}) as holder:
+        with httpx.stream(
+            "POST",
+            gw.base_url + "/v1/completions",
+            timeout=120,
+            json={"model": "gemma", "prompt": "Hold", "max_tokens": 60, "stream": True, "ignore_eos": True},
+        ) as holder:
             lines = holder.iter_lines()
             next(lines)  # the only slot is now busy until this stream ends
             batch = threading.Thread(target=send, args=("batch", "batch"))
@@ -111,15 +134,23 @@ def test_interactive_goes_before_batch_and_a_full_queue_answers_429(server, tmp_
             interactive = threading.Thread(target=send, args=("interactive", "interactive"))
             interactive.start()
             _wait_for(lambda: _queue_depth(gw.base_url, "interactive") == 1)
-            rejected = httpx.post(gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "x", "max_tokens": 2}, timeout=30)
+            rejected = httpx.post(
+                gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "x", "max_tokens": 2}, timeout=30
+            )
             for _ in lines:
                 pass
         batch.join()
         interactive.join()
-    assert rejected.status_code == 429 and rejected.headers["retry-after"] and rejected.json()["error"]["code"] == "queue_full"
+    assert (
+        rejected.status_code == 429
+        and rejected.headers["retry-after"]
+        and rejected.json()["error"]["code"] == "queue_full"
+    )
     ids = {name: a.headers["x-request-id"] for name, a in answers.items()}
     rows = {r["request_id"]: r for r in _rows_for(tmp_path / "requests.sqlite", set(ids.values()))}
-    assert rows[ids["interactive"]]["finished_at"] < rows[ids["batch"]]["finished_at"], "interactive overtook the batch request"
+    assert rows[ids["interactive"]]["finished_at"] < rows[ids["batch"]]["finished_at"], (
+        "interactive overtook the batch request"
+    )
 
 
 def test_api_keys_are_required_and_never_logged(server, tmp_path):
@@ -131,38 +162,60 @@ def test_api_keys_are_required_and_never_logged(server, tmp_path):
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=secret)
         answered = client.completions.with_raw_response.create(**body)
         assert httpx.get(gw.base_url + "/health").status_code == 200
-    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key" and wrong.status_code == 401
+    assert (
+        refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key" and wrong.status_code == 401
+    )
     _rows_for(tmp_path / "requests.sqlite", {answered.headers["x-request-id"]})
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("requests.sqlite*"))
     assert b"Hello" in stored and secret.encode() not in stored, "text capture works, the key is nowhere in the log"
 
 
 def test_chat_through_openai_client_stream_and_not(model_path, tmp_path):
-    spec = EngineSpec(model=model_path, n_ctx=512, threads=1, parallel=1, extra_args=("--no-jinja", "--chat-template", "gemma"))
+    spec = EngineSpec(
+        model=model_path, n_ctx=512, threads=1, parallel=1, extra_args=("--no-jinja", "--chat-template", "gemma")
+    )
     with LlamaServer(spec) as chat_server, _gateway(tmp_path, [Deployment(name="a", url=chat_server.base_url)]) as gw:
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused")
         messages = [{"role": "user", "content": "Say hello."}]
         whole = client.chat.completions.create(model="gemma", messages=messages, max_tokens=4, temperature=0)
-        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(model="gemma", messages=messages, max_tokens=4,
-                                                                                             temperature=0, stream=True) if c.choices]
+        pieces = [
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="gemma", messages=messages, max_tokens=4, temperature=0, stream=True
+            )
+            if c.choices
+        ]
     assert whole.choices[0].message.content and whole.usage.completion_tokens > 0
     assert "".join(pieces) == whole.choices[0].message.content, "greedy: the stream spells the same answer"
 
 
 _KEYS = ("model", "prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stream", "stop", "priority")
 _VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats() | st.text(max_size=20) | st.sampled_from(["gemma", "interactive"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["role", "content", "text"]), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-10, 10**6)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["gemma", "interactive"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["role", "content", "text"]), inner, max_size=3)
+    ),
     max_leaves=6,
 )
-_BODIES = st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6).map(lambda b: json.dumps(b).encode()) | st.binary(max_size=40)
+_BODIES = st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6).map(
+    lambda b: json.dumps(b).encode()
+) | st.binary(max_size=40)
 
 
 @pytest.fixture(scope="module")
 def fuzz_gateway(server, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz") / "requests.sqlite"
-    config = GatewayConfig(routes=[Route(model="gemma", deployments=[Deployment(name="a", url=server.base_url)])], request_log=str(log),
-                           max_tokens_limit=4, context_window=256)
+    config = GatewayConfig(
+        routes=[Route(model="gemma", deployments=[Deployment(name="a", url=server.base_url)])],
+        request_log=str(log),
+        max_tokens_limit=4,
+        context_window=256,
+    )
     with GatewayServer(config) as gw, httpx.Client(base_url=gw.base_url, timeout=60) as client:
         yield client
 

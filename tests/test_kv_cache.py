@@ -52,8 +52,13 @@ def test_bad_kv_inputs_are_clear_errors(info):
 @pytest.mark.parametrize("cache_type", ["f16", "q8_0"])
 def test_calculator_matches_llama_cpp_reported_kv_buffer(model_path, n_ctx, cache_type):
     spec = EngineSpec(
-        model=model_path, n_ctx=n_ctx, threads=1, cache_type_k=cache_type, cache_type_v=cache_type,
-        flash_attn=cache_type != "f16", extra_args=("--log-verbosity", "4"),
+        model=model_path,
+        n_ctx=n_ctx,
+        threads=1,
+        cache_type_k=cache_type,
+        cache_type_v=cache_type,
+        flash_attn=cache_type != "f16",
+        extra_args=("--log-verbosity", "4"),
     )
     with LlamaServer(spec) as server:
         logged = logged_kv_cache_bytes(server.log_path.read_text())

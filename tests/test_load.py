@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib.bench import LoadPlan, ServingMetrics, Workload, engine_generation_speed, parse_slos, percentile, run_load
+from llmops_lib.bench import (
+    LoadPlan,
+    ServingMetrics,
+    Workload,
+    engine_generation_speed,
+    parse_slos,
+    percentile,
+    run_load,
+)
 from llmops_lib.bench.prometheus import OUTPUT_TOKENS, PROMPT_TOKENS, scrape
 from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
 from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
@@ -19,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def completion(ttft_s: float, latency_s: float, tokens: int, itl_s: tuple[float, ...] = ()) -> Completion:
-    return Completion("x" * tokens, prompt_tokens=10, completion_tokens=tokens, ttft_s=ttft_s, latency_s=latency_s, itl_s=itl_s)
+    return Completion(
+        "x" * tokens, prompt_tokens=10, completion_tokens=tokens, ttft_s=ttft_s, latency_s=latency_s, itl_s=itl_s
+    )
 
 
 # --- the metric math, on timings made by hand ------------------------------------------------------
@@ -55,7 +65,9 @@ def test_goodput_counts_requests_meeting_every_slo():
     m = ServingMetrics.of(done, duration_s=2.0, slos={"ttft": 250, "tpot": 200})
     # TTFT 100 ms and TPOT 100 ms: good; TTFT 300 ms: bad; TPOT 500 ms: bad.
     assert m.request_goodput == pytest.approx(0.5)
-    assert ServingMetrics.of(done, 2.0, slos={"tpot": 1}).request_goodput == pytest.approx(0.5), "one token counts as TPOT 0"
+    assert ServingMetrics.of(done, 2.0, slos={"tpot": 1}).request_goodput == pytest.approx(0.5), (
+        "one token counts as TPOT 0"
+    )
 
 
 def test_no_completed_request_gives_zeros_not_a_crash():
@@ -123,7 +135,9 @@ def test_bench_help_explains_itself():
 
 
 def test_bench_bad_input_is_one_error_line():
-    result = subprocess.run([sys.executable, "-m", "llmops_lib", "bench", "--concurrency", "0"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmops_lib", "bench", "--concurrency", "0"], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: LoadPlan.concurrency must be at least 1 request in flight, got 0"
 
@@ -146,7 +160,9 @@ def test_concurrent_load_completes_and_agrees_with_the_server_counters(batching_
     after = scrape(client)
     m = result.metrics
     assert (m.completed, m.failed) == (8, 0), result.errors
-    assert m.total_output_tokens == sum(o.request.max_tokens for o in result.outcomes), "ignore_eos: exactly max_tokens each"
+    assert m.total_output_tokens == sum(o.request.max_tokens for o in result.outcomes), (
+        "ignore_eos: exactly max_tokens each"
+    )
     assert m.total_output_tokens == before.increase(after, OUTPUT_TOKENS), "client and server count the same tokens"
     assert m.total_input_tokens >= before.increase(after, PROMPT_TOKENS), "the server excludes cached prompt tokens"
     assert m.request_goodput == pytest.approx(m.request_throughput)
@@ -171,9 +187,27 @@ def test_duration_bound_poisson_run_finishes_what_it_sent(batching_server):
 def test_bench_command_runs_against_an_endpoint(batching_server, tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "llmops_lib", "bench", "--endpoint", batching_server.base_url, "--concurrency", "2",
-         "--num-requests", "2", "--output-len", "4", "--goodput", "ttft:600000", "--json", str(out), "--no-progress"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "llmops_lib",
+            "bench",
+            "--endpoint",
+            batching_server.base_url,
+            "--concurrency",
+            "2",
+            "--num-requests",
+            "2",
+            "--output-len",
+            "4",
+            "--goodput",
+            "ttft:600000",
+            "--json",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "Successful requests                       2" in result.stdout and "Request goodput" in result.stdout
@@ -183,9 +217,23 @@ def test_bench_command_runs_against_an_endpoint(batching_server, tmp_path):
 @pytest.mark.engine
 def test_bench_command_starts_its_own_server():
     result = subprocess.run(
-        [sys.executable, "-m", "llmops_lib", "bench", "--num-requests", "2", "--output-len", "3", "--threads", "1",
-         "--parallel", "1", "--no-progress"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "llmops_lib",
+            "bench",
+            "--num-requests",
+            "2",
+            "--output-len",
+            "3",
+            "--threads",
+            "1",
+            "--parallel",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "started llama-server (1 slots, 1 threads)" in result.stderr
@@ -196,9 +244,25 @@ def test_bench_command_starts_its_own_server():
 def test_serving_benchmark_writes_claims(tmp_path):
     out = tmp_path / "serving.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/serving.py", "--threads", "1", "--concurrency", "1", "2", "--rounds", "1",
-         "--output-len", "4", "--also", "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "benchmarks/serving.py",
+            "--threads",
+            "1",
+            "--concurrency",
+            "1",
+            "2",
+            "--rounds",
+            "1",
+            "--output-len",
+            "4",
+            "--also",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -227,9 +291,26 @@ def test_engine_alone_refuses_bad_sizes_and_a_broken_model(tmp_path):
 @pytest.mark.engine
 def test_load_test_runbook_gate_fails_on_an_unmeetable_slo():
     result = subprocess.run(
-        [sys.executable, "-m", "llmops_lib", "runbook", "run", "load_test", "-p", "duration_s=1", "-p", "output_len=4",
-         "-p", "slo_ttft_ms=0.001", "-p", "parallel=2", "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "llmops_lib",
+            "runbook",
+            "run",
+            "load_test",
+            "-p",
+            "duration_s=1",
+            "-p",
+            "output_len=4",
+            "-p",
+            "slo_ttft_ms=0.001",
+            "-p",
+            "parallel=2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 3, result.stderr
     assert "gate 'slo_attainment' failed" in result.stderr and "completed:" in result.stdout

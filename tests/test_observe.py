@@ -21,14 +21,39 @@ T0 = 1_767_225_570.0  # 2025-12-31 23:59:30 UTC: the generated traffic crosses a
 USD_PER_1K = {"small": (0.1, 0.2), "big": (1.0, 2.0)}  # (input, output) tokens, by deployment
 
 
-def row(i: int, at: float, *, deployment: str = "small", status: int = 200, cache_hit: bool = False, latency: float = 0.5, ttft: float = 0.1,
-        tokens: tuple[int, int] = (100, 50), error_type: str | None = None, completion: str | None = None) -> dict:
+def row(
+    i: int,
+    at: float,
+    *,
+    deployment: str = "small",
+    status: int = 200,
+    cache_hit: bool = False,
+    latency: float = 0.5,
+    ttft: float = 0.1,
+    tokens: tuple[int, int] = (100, 50),
+    error_type: str | None = None,
+    completion: str | None = None,
+) -> dict:
     """One request-log row as the gateway writes it (priced with USD_PER_1K, cache hits free)."""
-    cost = 0.0 if cache_hit or status >= 400 else (tokens[0] * USD_PER_1K[deployment][0] + tokens[1] * USD_PER_1K[deployment][1]) / 1000
+    cost = (
+        0.0
+        if cache_hit or status >= 400
+        else (tokens[0] * USD_PER_1K[deployment][0] + tokens[1] * USD_PER_1K[deployment][1]) / 1000
+    )
     return {
-        "request_id": f"req-{i}", "started_at": at - latency, "finished_at": at, "deployment": deployment, "http_status": status,
-        "error_type": error_type, "ttft_s": ttft, "latency_s": latency, "cache_hit": int(cache_hit), "cost_usd": cost,
-        "gen_ai_usage_input_tokens": tokens[0], "gen_ai_usage_output_tokens": tokens[1], "prompt": "Q:" if completion is not None else None,
+        "request_id": f"req-{i}",
+        "started_at": at - latency,
+        "finished_at": at,
+        "deployment": deployment,
+        "http_status": status,
+        "error_type": error_type,
+        "ttft_s": ttft,
+        "latency_s": latency,
+        "cache_hit": int(cache_hit),
+        "cost_usd": cost,
+        "gen_ai_usage_input_tokens": tokens[0],
+        "gen_ai_usage_output_tokens": tokens[1],
+        "prompt": "Q:" if completion is not None else None,
         "completion": completion,
     }
 
@@ -36,12 +61,22 @@ def row(i: int, at: float, *, deployment: str = "small", status: int = 200, cach
 @pytest.fixture
 def rows() -> list[dict]:
     draw = random.Random(0)
-    return [row(i, T0 + i, latency=draw.uniform(0.1, 2.0), deployment=draw.choice(["small", "big"]), cache_hit=i % 4 == 0) for i in range(60)]
+    return [
+        row(i, T0 + i, latency=draw.uniform(0.1, 2.0), deployment=draw.choice(["small", "big"]), cache_hit=i % 4 == 0)
+        for i in range(60)
+    ]
 
 
 def test_outcomes_separate_the_callers_fault_from_ours():
-    assert [dashboards.outcome(row(0, T0, status=s)) for s in (200, 400, 429, 502)] == ["ok", "client_error", "rejected", "server_error"]
-    assert dashboards.outcome(row(0, T0, error_type="upstream_disconnected")) == "server_error", "an error after a 200 started is still ours"
+    assert [dashboards.outcome(row(0, T0, status=s)) for s in (200, 400, 429, 502)] == [
+        "ok",
+        "client_error",
+        "rejected",
+        "server_error",
+    ]
+    assert dashboards.outcome(row(0, T0, error_type="upstream_disconnected")) == "server_error", (
+        "an error after a 200 started is still ours"
+    )
 
 
 def test_buckets_are_contiguous_and_keep_every_row():
@@ -68,7 +103,11 @@ def test_throughput_error_rate_cost_and_cache_panels(rows):
     tokens = next(s for s in dashboards.throughput_panel(rows, bucket).series if s.name == "output tokens/s")
     assert sum(tokens.values) * bucket == sum(r["gen_ai_usage_output_tokens"] for r in rows if r["http_status"] == 200)
     errors = {s.name: s.values for s in dashboards.error_rate_panel(rows, bucket).series}
-    assert errors["rejected"][0] == pytest.approx(1 / 62) and errors["server_error"][0] == pytest.approx(1 / 62) and errors["client_error"][0] == 0
+    assert (
+        errors["rejected"][0] == pytest.approx(1 / 62)
+        and errors["server_error"][0] == pytest.approx(1 / 62)
+        and errors["client_error"][0] == 0
+    )
     cost = dashboards.cost_panel(rows, bucket)
     assert {s.name for s in cost.series} == {"small", "big"}
     assert sum(sum(s.values) for s in cost.series) == pytest.approx(sum(r["cost_usd"] for r in rows))
@@ -87,7 +126,9 @@ def test_feedback_panel_and_overview(rows):
 
 def test_rolling_mean_forgets_what_left_the_window():
     points = quality.rolling_mean([(0, 1.0), (1, 0.0), (5, 0.0), (10, 1.0)], window_s=5)
-    assert [(p.value, p.count) for p in points] == [(1.0, 1), (0.5, 2), (0.0, 2), (1.0, 1)], "the window is (t - 5 s, t]"
+    assert [(p.value, p.count) for p in points] == [(1.0, 1), (0.5, 2), (0.0, 2), (1.0, 1)], (
+        "the window is (t - 5 s, t]"
+    )
     with pytest.raises(SpecError, match="window_s"):
         quality.rolling_mean([], 0)
 
@@ -96,7 +137,9 @@ def test_monitor_status_needs_enough_observations():
     points = quality.rolling_mean([(t, 0.0) for t in range(3)], 60)
     assert quality.status("feedback", points, at_least=0.5).state == "insufficient data"
     assert quality.status("feedback", points, at_least=0.5, min_count=3).state == "alert"
-    assert quality.status("feedback", quality.rolling_mean([(t, 1.0) for t in range(9)], 60), at_least=0.5).state == "ok"
+    assert (
+        quality.status("feedback", quality.rolling_mean([(t, 1.0) for t in range(9)], 60), at_least=0.5).state == "ok"
+    )
 
 
 def test_repetition_loop_check():
@@ -152,9 +195,35 @@ def test_the_model_finds_its_own_answer_likelier_than_noise(model_path):
 # --- alert rules: the metric names a PromQL expression reads (deploy/prometheus/alerts.yml) ------
 
 PROMQL_WORDS = {
-    "sum", "avg", "min", "max", "count", "rate", "irate", "increase", "histogram_quantile", "clamp_min", "clamp_max", "by",
-    "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "vector", "scalar", "abs",
-    "max_over_time", "min_over_time", "avg_over_time", "absent", "offset",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "clamp_min",
+    "clamp_max",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "vector",
+    "scalar",
+    "abs",
+    "max_over_time",
+    "min_over_time",
+    "avg_over_time",
+    "absent",
+    "offset",
 }
 
 
@@ -171,5 +240,6 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_names_of_promql():
     expr = 'sum by (deployment) (rate(x_total{status=~"5.."}[5m])) / clamp_min(sum(rate(y_total[5m])), 1) > 0.05 and on() vector(1)'
     assert metric_names(expr) == {"x_total", "y_total"}
-    assert metric_names("histogram_quantile(0.95, sum by (le) (rate(ttft_seconds_bucket[5m]))) > 2") == {"ttft_seconds_bucket"}
-
+    assert metric_names("histogram_quantile(0.95, sum by (le) (rate(ttft_seconds_bucket[5m]))) > 2") == {
+        "ttft_seconds_bucket"
+    }

@@ -9,21 +9,36 @@ from llmops_lib.bench import LoadPlan, Workload
 from llmops_lib.bench.latency import percentile
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
-from llmops_lib.observe.priority import PRIORITY_HEADER, priority_client, TrafficClass, latency_by_priority, run_classes
+from llmops_lib.observe.priority import PRIORITY_HEADER, TrafficClass, latency_by_priority, priority_client, run_classes
 from llmops_lib.observe.request_log import RequestLog
 
 
 def _row(i: int, priority: str | None, ttft: float, *, status: int = 200, cache_hit: int = 0) -> dict:
-    return {"request_id": f"r{i}", "started_at": 1.0, "finished_at": 2.0, "priority": priority, "ttft_s": ttft, "latency_s": ttft + 1,
-            "http_status": status, "error_type": None, "cache_hit": cache_hit}
+    return {
+        "request_id": f"r{i}",
+        "started_at": 1.0,
+        "finished_at": 2.0,
+        "priority": priority,
+        "ttft_s": ttft,
+        "latency_s": ttft + 1,
+        "http_status": status,
+        "error_type": None,
+        "cache_hit": cache_hit,
+    }
 
 
 def test_latency_by_priority_over_answered_upstream_requests_in_priority_order():
-    rows = [_row(i, "batch", 0.1 * i) for i in range(1, 11)] + [_row(20 + i, "interactive", 0.01 * i) for i in range(1, 5)]
+    rows = [_row(i, "batch", 0.1 * i) for i in range(1, 11)] + [
+        _row(20 + i, "interactive", 0.01 * i) for i in range(1, 5)
+    ]
     rows += [_row(90, "batch", 99.0, status=502), _row(91, "interactive", 0.0, cache_hit=1), _row(92, None, 0.02)]
     result = latency_by_priority(rows)
-    assert list(result) == ["interactive", "batch"], "interactive first; a row without priority is interactive (the gateway's default)"
-    assert result["batch"].requests == 10 and result["batch"].p95_ms == pytest.approx(percentile([100.0 * i for i in range(1, 11)], 95))
+    assert list(result) == ["interactive", "batch"], (
+        "interactive first; a row without priority is interactive (the gateway's default)"
+    )
+    assert result["batch"].requests == 10 and result["batch"].p95_ms == pytest.approx(
+        percentile([100.0 * i for i in range(1, 11)], 95)
+    )
     assert result["interactive"].requests == 5 and result["interactive"].p50_ms == pytest.approx(20.0)
     assert latency_by_priority(rows, "latency_s")["batch"].mean_ms == pytest.approx(1000 * (1 + 0.55))
     with pytest.raises(SpecError, match="no answered request"):
@@ -46,13 +61,22 @@ def test_unknown_priorities_and_duplicate_classes_are_refused():
 @pytest.mark.engine
 def test_interactive_requests_overtake_the_batch_backlog(server, tmp_path):
     log = tmp_path / "requests.sqlite"
-    config = GatewayConfig(routes=[Route(model="gemma", deployments=[Deployment(name="live", url=server.base_url)])], request_log=str(log), concurrency=1)
+    config = GatewayConfig(
+        routes=[Route(model="gemma", deployments=[Deployment(name="live", url=server.base_url)])],
+        request_log=str(log),
+        concurrency=1,
+    )
     workload = Workload(output_tokens=(12, 12))
-    classes = [TrafficClass("batch job", "batch", workload, LoadPlan(concurrency=4, num_requests=16)),
-               TrafficClass("users", "interactive", workload, LoadPlan(concurrency=1, num_requests=6))]
+    classes = [
+        TrafficClass("batch job", "batch", workload, LoadPlan(concurrency=4, num_requests=16)),
+        TrafficClass("users", "interactive", workload, LoadPlan(concurrency=1, num_requests=6)),
+    ]
     with GatewayServer(config) as gw:
         results = run_classes(gw.base_url, classes, model="gemma")
-    assert {name: (r.metrics.completed, r.metrics.failed) for name, r in results.items()} == {"batch job": (16, 0), "users": (6, 0)}
+    assert {name: (r.metrics.completed, r.metrics.failed) for name, r in results.items()} == {
+        "batch job": (16, 0),
+        "users": (6, 0),
+    }
     with RequestLog(log) as reader:
         by_priority = latency_by_priority(reader.rows())
     assert {p: c.requests for p, c in by_priority.items()} == {"interactive": 6, "batch": 16}

@@ -6,11 +6,19 @@ import math
 
 import numpy as np
 import pytest
+from test_full_disk import small_disk  # noqa: F401  (the tmpfs fixture, shared)
 
 from llmops_lib.errors import ModelError, SpecError
 from llmops_lib.optimize.perplexity import eval_text, kl_divergence, log_softmax, perplexity, scored_windows, top_k
-from llmops_lib.optimize.quantize import QUANT_TYPES, Quantizer, QuantSettings, Variant, cache_key, parse_variants, quantize
-from test_full_disk import small_disk  # noqa: F401  (the tmpfs fixture, shared)
+from llmops_lib.optimize.quantize import (
+    QUANT_TYPES,
+    Quantizer,
+    QuantSettings,
+    Variant,
+    cache_key,
+    parse_variants,
+    quantize,
+)
 
 SHORT_TEXT = " ".join(eval_text().split()[:150])  # ~180 tokens: two windows of 64 at test settings
 TEST_SETTINGS = QuantSettings(n_ctx=64, threads=1, prompt_chars=200, generate_tokens=8)
@@ -96,8 +104,12 @@ def test_a_second_measurement_comes_from_the_cache(quantizer):
     first = quantizer.measure("Q8_0")
     again = quantizer.measure("Q8_0")
     assert again.cached and again.perplexity == first.perplexity and again.sha256 == first.sha256
-    other_text = Quantizer(quantizer.source, text=SHORT_TEXT + " And one more sentence.", quant_settings=TEST_SETTINGS,
-                           cache=quantizer.cache)
+    other_text = Quantizer(
+        quantizer.source,
+        text=SHORT_TEXT + " And one more sentence.",
+        quant_settings=TEST_SETTINGS,
+        cache=quantizer.cache,
+    )
     assert other_text._key(Variant("Q8_0")) != quantizer._key(Variant("Q8_0")), "another text is another key"
 
 

@@ -43,7 +43,9 @@ def registry(tmp_path) -> Registry:
 
 
 def _stable(registry, model_path):
-    record = registry.register("gemma", model_path, spec=EngineSpec(model=model_path, n_ctx=1024, threads=1, parallel=2))
+    record = registry.register(
+        "gemma", model_path, spec=EngineSpec(model=model_path, n_ctx=1024, threads=1, parallel=2)
+    )
     registry.set_alias("gemma", "stable", record.version, why="first release", who="test")
     return registry.get("gemma", "stable")
 
@@ -53,8 +55,15 @@ def _name() -> str:
 
 
 def _error_rate(interval_s: float = 4.0, failure_limit: int = 1) -> MetricSpec:
-    return MetricSpec(name="error-rate", provider="request_log", query="error_rate", interval_s=interval_s, on_missing="skip",
-                      success_condition="result <= 0.05", failure_limit=failure_limit)
+    return MetricSpec(
+        name="error-rate",
+        provider="request_log",
+        query="error_rate",
+        interval_s=interval_s,
+        on_missing="skip",
+        success_condition="result <= 0.05",
+        failure_limit=failure_limit,
+    )
 
 
 def _weights(env) -> dict[str, int]:
@@ -75,15 +84,24 @@ def test_register_verifies_checksum_and_load_and_leaves_no_half_entry(registry, 
     with pytest.raises(ModelError, match="could not load"):
         registry.register("gemma", broken, spec=EngineSpec(model=broken, threads=1))
     assert registry.versions("gemma") == [] and registry.aliases("gemma") == {}
-    record = registry.register("gemma", model_path, expected_sha256=sha256_file(model_path), metrics={"perplexity": 12.5})
-    assert (record.version, record.sha256, record.metrics, record.format) == ("1", sha256_file(model_path), {"perplexity": 12.5}, "gguf")
+    record = registry.register(
+        "gemma", model_path, expected_sha256=sha256_file(model_path), metrics={"perplexity": 12.5}
+    )
+    assert (record.version, record.sha256, record.metrics, record.format) == (
+        "1",
+        sha256_file(model_path),
+        {"perplexity": 12.5},
+        "gguf",
+    )
     assert record.spec().model == model_path.resolve()
     registry.set_alias("gemma", "stable", "1", why="first release", who="alice")
     assert registry.set_alias("gemma", "stable", "1", why="again") is None  # no move, no event
     registry.remove_alias("gemma", "stable", why="test removal", who="bob")
     events = registry.history("gemma")
     assert [(e.alias, e.from_version, e.to_version, e.who, e.why) for e in events] == [
-        ("stable", None, "1", "alice", "first release"), ("stable", "1", None, "bob", "test removal")]
+        ("stable", None, "1", "alice", "first release"),
+        ("stable", "1", None, "bob", "test removal"),
+    ]
     assert all(e.when for e in events)
     with pytest.raises(SpecError, match="why"):
         registry.set_alias("gemma", "stable", "1", why=" ")
@@ -112,17 +130,43 @@ def test_register_a_hugging_face_folder_with_its_engine_check(registry, tmp_path
 def test_degraded_canary_is_rolled_back_within_one_interval_and_stable_never_fails(registry, model_path, tmp_path):
     """The candidate's engine spec has a tiny context (llama.cpp pads it to 256 tokens): longer prompts fail on it."""
     stable = _stable(registry, model_path)
-    bad = registry.register("gemma", model_path, spec=EngineSpec(model=model_path, n_ctx=48, threads=1, parallel=1), description="n_ctx regression")
+    bad = registry.register(
+        "gemma",
+        model_path,
+        spec=EngineSpec(model=model_path, n_ctx=48, threads=1, parallel=1),
+        description="n_ctx regression",
+    )
     metric = _error_rate()
     # the gateway's own Prometheus counters watch too, tolerant enough to leave the decision to the log
-    gateway_counters = MetricSpec(name="gateway-error-rate", provider="prometheus", query="error_rate", interval_s=metric.interval_s,
-                                  on_missing="skip", success_condition="result <= 0.05", failure_limit=10)
-    spec = RolloutSpec(name=_name(), model="gemma", candidate=bad.version, stable_deployment="stable", canary_deployment="canary",
-                       steps=(SetWeight(40), Pause(120)), metrics=(metric, gateway_counters))
+    gateway_counters = MetricSpec(
+        name="gateway-error-rate",
+        provider="prometheus",
+        query="error_rate",
+        interval_s=metric.interval_s,
+        on_missing="skip",
+        success_condition="result <= 0.05",
+        failure_limit=10,
+    )
+    spec = RolloutSpec(
+        name=_name(),
+        model="gemma",
+        candidate=bad.version,
+        stable_deployment="stable",
+        canary_deployment="canary",
+        steps=(SetWeight(40), Pause(120)),
+        metrics=(metric, gateway_counters),
+    )
     log = tmp_path / "requests.sqlite"
     with LocalRelease(stable, bad, request_log=log, admin_key=ADMIN) as env:
-        controller = Controller.create(spec, gateway_url=env.gateway_url, request_log=str(log), registry=registry, admin_key=ADMIN,
-                                       hooks=[Hook("post-rollout", env.stop_canary)], who="test")
+        controller = Controller.create(
+            spec,
+            gateway_url=env.gateway_url,
+            request_log=str(log),
+            registry=registry,
+            admin_key=ADMIN,
+            hooks=[Hook("post-rollout", env.stop_canary)],
+            who="test",
+        )
         with BackgroundTraffic(env.gateway_url, "gemma", concurrency=2, max_tokens=4, context_words=300):
             state = controller.run(poll_s=0.2, timeout_s=150)
         weights = _weights(env)
@@ -147,14 +191,31 @@ def test_degraded_canary_is_rolled_back_within_one_interval_and_stable_never_fai
 
 def test_healthy_q8_canary_is_promoted_then_undone(registry, model_path, q8_model, tmp_path):
     stable = _stable(registry, model_path)
-    good = registry.register("gemma", q8_model, spec=EngineSpec(model=q8_model, n_ctx=1024, threads=1, parallel=2), description="Q8_0")
-    quality = MetricSpec(name="perplexity", provider="evaluation", query="perplexity", count=1, interval_s=1,
-                         success_condition="result <= baseline * 1.02")
-    spec = RolloutSpec(name=_name(), model="gemma", candidate=good.version, stable_deployment="stable", canary_deployment="canary",
-                       steps=(SetWeight(30), Pause(6), SetWeight(60), Pause(6)), metrics=(_error_rate(3.0), quality))
+    good = registry.register(
+        "gemma", q8_model, spec=EngineSpec(model=q8_model, n_ctx=1024, threads=1, parallel=2), description="Q8_0"
+    )
+    quality = MetricSpec(
+        name="perplexity",
+        provider="evaluation",
+        query="perplexity",
+        count=1,
+        interval_s=1,
+        success_condition="result <= baseline * 1.02",
+    )
+    spec = RolloutSpec(
+        name=_name(),
+        model="gemma",
+        candidate=good.version,
+        stable_deployment="stable",
+        canary_deployment="canary",
+        steps=(SetWeight(30), Pause(6), SetWeight(60), Pause(6)),
+        metrics=(_error_rate(3.0), quality),
+    )
     log = tmp_path / "requests.sqlite"
     with LocalRelease(stable, good, request_log=log, admin_key=ADMIN) as env:
-        controller = Controller.create(spec, gateway_url=env.gateway_url, request_log=str(log), registry=registry, admin_key=ADMIN, who="test")
+        controller = Controller.create(
+            spec, gateway_url=env.gateway_url, request_log=str(log), registry=registry, admin_key=ADMIN, who="test"
+        )
         with BackgroundTraffic(env.gateway_url, "gemma", concurrency=2, max_tokens=4):
             state = controller.run(poll_s=0.2, timeout_s=240)
         promoted_weights = _weights(env)
@@ -165,8 +226,14 @@ def test_healthy_q8_canary_is_promoted_then_undone(registry, model_path, q8_mode
     assert promoted_weights == {"stable": 0, "canary": 100}
     assert registry.aliases("gemma") == {"stable": stable.version, "previous": good.version}  # after undo
     moves = [(e.alias, e.to_version) for e in registry.history("gemma")]
-    assert moves[1:] == [("canary", good.version), ("previous", stable.version), ("stable", good.version), ("canary", None),
-                         ("stable", stable.version), ("previous", good.version)]
+    assert moves[1:] == [
+        ("canary", good.version),
+        ("previous", stable.version),
+        ("stable", good.version),
+        ("canary", None),
+        ("stable", stable.version),
+        ("previous", good.version),
+    ]
     assert undone_weights == {"stable": 100, "canary": 0}
     perplexity = next(e for e in controller.audit() if e["type"] == "Measurement" and e["metric"] == "perplexity")
     assert perplexity["phase"] == "Successful" and perplexity["value"] > 1 and perplexity["baseline"] > 1
@@ -179,11 +246,20 @@ _RUN_CONTROLLER = "import sys; from llmops_lib.release import Controller; Contro
 def test_killed_controller_is_restarted_and_resumes(registry, model_path, q8_model, tmp_path):
     stable = _stable(registry, model_path)
     good = registry.register("gemma", q8_model, spec=EngineSpec(model=q8_model, n_ctx=1024, threads=1, parallel=2))
-    spec = RolloutSpec(name=_name(), model="gemma", candidate=good.version, stable_deployment="stable", canary_deployment="canary",
-                       steps=(SetWeight(25), Pause(8), SetWeight(50), Pause(4)), metrics=(_error_rate(2.0),))
+    spec = RolloutSpec(
+        name=_name(),
+        model="gemma",
+        candidate=good.version,
+        stable_deployment="stable",
+        canary_deployment="canary",
+        steps=(SetWeight(25), Pause(8), SetWeight(50), Pause(4)),
+        metrics=(_error_rate(2.0),),
+    )
     log = tmp_path / "requests.sqlite"
     with LocalRelease(stable, good, request_log=log, admin_key=ADMIN) as env:
-        controller = Controller.create(spec, gateway_url=env.gateway_url, request_log=str(log), registry=registry, admin_key=ADMIN)
+        controller = Controller.create(
+            spec, gateway_url=env.gateway_url, request_log=str(log), registry=registry, admin_key=ADMIN
+        )
         env_vars = os.environ | {"LLMOPS_GATEWAY_ADMIN_KEY": ADMIN}
         with BackgroundTraffic(env.gateway_url, "gemma", concurrency=2, max_tokens=4):
             child = subprocess.Popen([sys.executable, "-c", _RUN_CONTROLLER, spec.name], env=env_vars)
@@ -218,12 +294,20 @@ def _crash_once_progressing(state) -> bool:
 def test_bad_rollouts_are_rejected_before_traffic_moves_and_restart_can_abort(registry, model_path, q8_model, tmp_path):
     stable = _stable(registry, model_path)
     good = registry.register("gemma", q8_model, spec=EngineSpec(model=q8_model, n_ctx=1024, threads=1, parallel=2))
-    base = {"model": "gemma", "stable_deployment": "stable", "canary_deployment": "canary", "steps": (SetWeight(50), Pause(60))}
+    base = {
+        "model": "gemma",
+        "stable_deployment": "stable",
+        "canary_deployment": "canary",
+        "steps": (SetWeight(50), Pause(60)),
+    }
     log = str(tmp_path / "requests.sqlite")
     with LocalRelease(stable, good, request_log=log, admin_key=ADMIN) as env:
+
         def create(**overrides):
             spec = RolloutSpec(**({"name": _name(), "candidate": good.version} | base | overrides))
-            return Controller.create(spec, gateway_url=env.gateway_url, request_log=log, registry=registry, admin_key=ADMIN)
+            return Controller.create(
+                spec, gateway_url=env.gateway_url, request_log=log, registry=registry, admin_key=ADMIN
+            )
 
         with pytest.raises(SpecError, match="no version or alias '42'"):
             create(candidate="42")
@@ -232,7 +316,13 @@ def test_bad_rollouts_are_rejected_before_traffic_moves_and_restart_can_abort(re
         with pytest.raises(SpecError, match="no canary deployment 'blue'"):
             create(canary_deployment="blue")
         with pytest.raises(SpecError, match="unknown evaluation query 'bleu'"):
-            create(metrics=(MetricSpec(name="q", provider="evaluation", query="bleu", count=1, success_condition="result > 0.5"),))
+            create(
+                metrics=(
+                    MetricSpec(
+                        name="q", provider="evaluation", query="bleu", count=1, success_condition="result > 0.5"
+                    ),
+                )
+            )
         assert _weights(env) == {"stable": 100, "canary": 0} and registry.aliases("gemma") == {"stable": stable.version}
         # A controller stopped mid-rollout, with onRestart: abort, is rolled back by the next one.
         controller = create(on_restart="abort")

@@ -33,7 +33,10 @@ def test_values_are_converted_to_the_declared_types():
 
 @pytest.mark.parametrize(
     "given, message",
-    [({"not_a_param": "1"}, "no parameter 'not_a_param'.*accepts .*requests: int"), ({"requests": "many"}, "must be int")],
+    [
+        ({"not_a_param": "1"}, "no parameter 'not_a_param'.*accepts .*requests: int"),
+        ({"requests": "many"}, "must be int"),
+    ],
 )
 def test_bad_parameters_are_refused(given, message):
     with pytest.raises(RunbookParameterError, match=message):
@@ -97,7 +100,18 @@ def test_healthy_run_is_archived_with_its_records(model_path):
 
 @pytest.mark.engine
 def test_failed_gate_exits_3_and_keeps_the_output_notebook(model_path):
-    result = llmops("runbook", "run", "health_check", "-p", "requests=1", "-p", "max_tokens=4", "-p", "p95_threshold_ms=0.001", "--no-progress")
+    result = llmops(
+        "runbook",
+        "run",
+        "health_check",
+        "-p",
+        "requests=1",
+        "-p",
+        "max_tokens=4",
+        "-p",
+        "p95_threshold_ms=0.001",
+        "--no-progress",
+    )
     assert result.returncode == ExitCode.GATE_FAILED, result.stderr
     assert "gate 'p95_e2el_ms' failed" in result.stderr
     run_dir = archived(result)

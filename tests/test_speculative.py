@@ -26,7 +26,9 @@ COPY_HEAVY = [w for w in WORKLOADS.values() if w.kind == "copy-heavy"]
 
 
 def timings(tokens_per_s: float, drafted: int = 0, accepted: int = 0) -> ServerTimings:
-    return ServerTimings(predicted_n=100, predicted_ms=100 / tokens_per_s * 1000, draft_n=drafted, draft_n_accepted=accepted)
+    return ServerTimings(
+        predicted_n=100, predicted_ms=100 / tokens_per_s * 1000, draft_n=drafted, draft_n_accepted=accepted
+    )
 
 
 def test_policy_measures_plain_then_speculation_then_keeps_the_faster():
@@ -86,8 +88,14 @@ def test_ngram_speculation_keeps_greedy_output_and_reports_acceptance(server, ng
 @pytest.mark.engine
 def test_ngram_lookup_and_draft_length_reach_the_drafter(server, spec):
     # No 200-token run of the answer occurs earlier, so that lookup never drafts; 4 tokens do.
-    never, short = sweep_ngram(server, replace(spec, parallel=1, spec_type="ngram-simple"), COPY_HEAVY[:1],
-                               lookups=(200, 4), drafts=(16,), max_tokens=48)
+    never, short = sweep_ngram(
+        server,
+        replace(spec, parallel=1, spec_type="ngram-simple"),
+        COPY_HEAVY[:1],
+        lookups=(200, 4),
+        drafts=(16,),
+        max_tokens=48,
+    )
     assert (never.lookup, never.draft_max, short.lookup) == (200, 16, 4)
     assert never.rows[0].drafted == 0 and short.rows[0].drafted > 0
     assert never.identical and short.identical

@@ -182,20 +182,29 @@ def test_speculative_config_is_vllm_json(tmp_path):
     ngram = EngineSpec(model=Path("m.gguf"), spec_type="ngram-simple", draft_max=6)
     assert speculative_config(ngram) == {"method": "ngram", "num_speculative_tokens": 6}
     assert speculative_config(replace(ngram, ngram_lookup=3)) == {
-        "method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_min": 3, "prompt_lookup_max": 3,
+        "method": "ngram",
+        "num_speculative_tokens": 6,
+        "prompt_lookup_min": 3,
+        "prompt_lookup_max": 3,
     }
     draft = EngineSpec(model=Path("m.gguf"), draft_model=tmp_path / "d.gguf")
     assert speculative_config(draft, tmp_path / "d-hf") == {
-        "method": "draft_model", "num_speculative_tokens": 4, "model": str(tmp_path / "d-hf"),
+        "method": "draft_model",
+        "num_speculative_tokens": 4,
+        "model": str(tmp_path / "d-hf"),
     }
-    engine = VLLMEngine(EngineSpec(model=Path("m.gguf"), quantization="fp8", tensor_parallel_size=2, prefix_caching=False))
+    engine = VLLMEngine(
+        EngineSpec(model=Path("m.gguf"), quantization="fp8", tensor_parallel_size=2, prefix_caching=False)
+    )
     argv = engine.command(8000)
     assert argv[argv.index("--quantization") + 1] == "fp8"
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert "--no-enable-prefix-caching" in argv and "vllm.entrypoints.openai.api_server" in argv
     assert {"--enforce-eager", "--kv-cache-memory-bytes", "VLLM_CPU_OMP_THREADS_BIND=nobind"} <= set(argv)
     engine.cpu = False  # what a GPU installation runs: CUDA graphs, vLLM's own KV-cache sizing
-    assert not {"--enforce-eager", "--kv-cache-memory-bytes", "VLLM_CPU_OMP_THREADS_BIND=nobind"} & set(engine.command(8000))
+    assert not {"--enforce-eager", "--kv-cache-memory-bytes", "VLLM_CPU_OMP_THREADS_BIND=nobind"} & set(
+        engine.command(8000)
+    )
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,8 @@ def copy_assets(app: Sphinx) -> None:
     missing = [str(source) for source in _assets(app).values() if not source.exists()]
     if missing:
         raise ExtensionError(
-            "offline browser assets are missing: " + ", ".join(missing)
+            "offline browser assets are missing: "
+            + ", ".join(missing)
             + ". Run `bash scripts/vendor_web_assets.sh` from the repository root (plotly.min.js"
             " comes from the `plotly` Python package)."
         )

@@ -10,7 +10,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,14 +37,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def resolve_model(path: Optional[Path]) -> Path:
+def resolve_model(path: Path | None) -> Path:
     from llmops_lib.models import default_model
 
     return path if path is not None else default_model()
 
 
 ModelOption = Annotated[
-    Optional[Path], typer.Option("--model", "-m", help="GGUF file to use. Default: the embedded Gemma 3 270M Q4_K_M.")
+    Path | None, typer.Option("--model", "-m", help="GGUF file to use. Default: the embedded Gemma 3 270M Q4_K_M.")
 ]
 
 
@@ -55,7 +55,7 @@ def _interrupt(*_: object) -> None:
 
 @model_app.command("info")
 def model_info(
-    path: Annotated[Optional[Path], typer.Argument(help="GGUF file. Default: the embedded default model.")] = None,
+    path: Annotated[Path | None, typer.Argument(help="GGUF file. Default: the embedded default model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a GGUF file's architecture, size, parameters, context, vocabulary and quantization types."""
@@ -91,14 +91,16 @@ def serve(
     model: ModelOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
     ctx: Annotated[int, typer.Option("--ctx", help="Context length per request, in tokens.")] = 2048,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: half the cores.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads. Default: half the cores.")] = None,
     parallel: Annotated[int, typer.Option(help="Requests served at once (continuous batching slots).")] = 4,
 ) -> None:
     """Serve a model with llama.cpp's llama-server (OpenAI-compatible API, /metrics, /health) until Ctrl-C."""
     from llmops_lib.engines import EngineSpec, LlamaServer
 
     try:
-        spec = EngineSpec(model=resolve_model(model), n_ctx=ctx, parallel=parallel, **({"threads": threads} if threads else {}))
+        spec = EngineSpec(
+            model=resolve_model(model), n_ctx=ctx, parallel=parallel, **({"threads": threads} if threads else {})
+        )
         with LlamaServer(spec, port=port) as server:
             typer.echo(f"serving {spec.model.name} at {server.base_url}/v1 (metrics: /metrics, log: {server.log_path})")
             typer.echo("press Ctrl-C to stop")
@@ -116,7 +118,14 @@ def serve(
 
 @app.command()
 def gateway(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Gateway YAML: routes, keys, log, cache, queue, prices (see deploy/gateway.example.yaml).")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Gateway YAML: routes, keys, log, cache, queue, prices (see deploy/gateway.example.yaml).",
+        ),
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
@@ -130,30 +139,52 @@ def gateway(
         settings = load_config(config)
     except LLMOpsError as exc:
         raise fail(str(exc))
-    typer.echo(f"gateway at http://{host}:{port}/v1 for models {[route.model for route in settings.routes]} (metrics: /metrics)")
+    typer.echo(
+        f"gateway at http://{host}:{port}/v1 for models {[route.model for route in settings.routes]} (metrics: /metrics)"
+    )
     run_gateway(settings, host=host, port=port)
 
 
 @app.command()
 def bench(
     endpoint: Annotated[
-        str, typer.Option(help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). Default: start llama-server on --model.")
+        str,
+        typer.Option(
+            help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). Default: start llama-server on --model."
+        ),
     ] = "",
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most (vLLM's --max-concurrency).")] = 1,
-    request_rate: Annotated[float, typer.Option(help="Mean requests/s, Poisson arrivals; inf sends as fast as --concurrency allows.")] = float("inf"),
-    num_requests: Annotated[Optional[int], typer.Option(help="Requests to send. Default: 4 × concurrency unless --duration is given.")] = None,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds to keep sending (requests in flight then finish and count).")] = None,
+    request_rate: Annotated[
+        float, typer.Option(help="Mean requests/s, Poisson arrivals; inf sends as fast as --concurrency allows.")
+    ] = float("inf"),
+    num_requests: Annotated[
+        int | None, typer.Option(help="Requests to send. Default: 4 × concurrency unless --duration is given.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to keep sending (requests in flight then finish and count).")
+    ] = None,
     output_len: Annotated[int, typer.Option(help="Output tokens per request (ignore_eos: exactly this many).")] = 64,
-    context_words: Annotated[int, typer.Option(help="Filler words before each prompt (≈1.3 tokens each), for longer prompts.")] = 0,
-    range_ratio: Annotated[float, typer.Option(help="Lengths drawn uniformly within ±this fraction, as vLLM's random dataset.")] = 0.0,
+    context_words: Annotated[
+        int, typer.Option(help="Filler words before each prompt (≈1.3 tokens each), for longer prompts.")
+    ] = 0,
+    range_ratio: Annotated[
+        float, typer.Option(help="Lengths drawn uniformly within ±this fraction, as vLLM's random dataset.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the prompts, lengths and Poisson arrivals.")] = 0,
     goodput: Annotated[
-        Optional[list[str]], typer.Option(help="SLO as name:milliseconds (ttft, tpot, e2el); repeat for several. Goodput counts requests meeting all.")
+        list[str] | None,
+        typer.Option(
+            help="SLO as name:milliseconds (ttft, tpot, e2el); repeat for several. Goodput counts requests meeting all."
+        ),
     ] = None,
     model: ModelOption = None,
     parallel: Annotated[int, typer.Option(help="Without --endpoint: llama-server slots (continuous batching).")] = 4,
-    threads: Annotated[Optional[int], typer.Option(help="Without --endpoint: llama-server CPU threads. Default: half the cores.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics, plan and errors as JSON here.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Without --endpoint: llama-server CPU threads. Default: half the cores.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the metrics, plan and errors as JSON here.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar of finished requests.")] = True,
 ) -> None:
     """Load-test an OpenAI-compatible endpoint and print vLLM `bench serve`'s metrics.
@@ -172,16 +203,22 @@ def bench(
         workload = Workload.random(output_len, context_words=context_words, range_ratio=range_ratio, seed=seed)
         if num_requests is None and duration is None:
             num_requests = 4 * max(concurrency, 1)
-        plan = LoadPlan(concurrency=concurrency, request_rate=request_rate, num_requests=num_requests, duration_s=duration)
+        plan = LoadPlan(
+            concurrency=concurrency, request_rate=request_rate, num_requests=num_requests, duration_s=duration
+        )
         if endpoint:
             server = nullcontext(OpenAIClient(endpoint))
         else:
-            spec = EngineSpec(model=resolve_model(model), n_ctx=1024, parallel=parallel, **({"threads": threads} if threads else {}))
+            spec = EngineSpec(
+                model=resolve_model(model), n_ctx=1024, parallel=parallel, **({"threads": threads} if threads else {})
+            )
             server = LlamaServer(spec)
         with server as running:
             client = running if endpoint else running.client
             if not endpoint:
-                typer.echo(f"started llama-server ({parallel} slots, {spec.threads} threads) at {running.base_url}", err=True)
+                typer.echo(
+                    f"started llama-server ({parallel} slots, {spec.threads} threads) at {running.base_url}", err=True
+                )
             result = run_load(client, workload, plan, slos=slos, progress=progress)
     except LLMOpsError as exc:
         raise fail(str(exc))
@@ -222,9 +259,14 @@ def runbook_params(name: Annotated[str, typer.Argument(help="Runbook name or .ip
 def runbook_run(
     name: Annotated[str, typer.Argument(help="Runbook name (see `llmops runbook list`) or .ipynb path.")],
     param: Annotated[
-        Optional[list[str]], typer.Option("--param", "-p", help="key=value; repeat for several. Checked against the runbook's typed parameters.")
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="key=value; repeat for several. Checked against the runbook's typed parameters."
+        ),
     ] = None,
-    cell_timeout: Annotated[Optional[int], typer.Option(help="Seconds a single cell may run before the run counts as broken.")] = None,
+    cell_timeout: Annotated[
+        int | None, typer.Option(help="Seconds a single cell may run before the run counts as broken.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over the cells.")] = True,
 ) -> None:
     """Run a runbook and archive its output notebook under LLMOPS_HOME/runs/<run-id>/.

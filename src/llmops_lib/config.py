@@ -42,5 +42,7 @@ def settings() -> Settings:
     """Read the settings from the environment now (tests change `LLMOPS_HOME` per test)."""
     return Settings(
         home=Path(os.environ.get("LLMOPS_HOME", ".llmops")).expanduser().resolve(),
-        vllm_python=Path(os.environ.get("LLMOPS_VLLM_PYTHON", REPO_ROOT / ".venv-vllm" / "bin" / "python")).expanduser(),
+        vllm_python=Path(
+            os.environ.get("LLMOPS_VLLM_PYTHON", REPO_ROOT / ".venv-vllm" / "bin" / "python")
+        ).expanduser(),
     )

@@ -18,7 +18,7 @@ import shutil
 import stat
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -209,18 +209,20 @@ def run_runbook(
     source = find_runbook(name_or_path)
     values = validate_parameters(source, parameters or {})
     runs = settings().runs_dir
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{source.stem}-{uuid4().hex[:6]}"
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{source.stem}-{uuid4().hex[:6]}"
     # Work in a hidden folder and rename at the end: the archive never shows a half-run.
     work = runs / f".incomplete-{run_id}"
     try:
         work.mkdir(parents=True)
     except OSError as exc:
-        raise RunArchiveError(f"cannot create a run folder under {runs} ({exc.strerror}): fix that folder or set LLMOPS_HOME") from exc
+        raise RunArchiveError(
+            f"cannot create a run folder under {runs} ({exc.strerror}): fix that folder or set LLMOPS_HOME"
+        ) from exc
     output = work / f"{source.stem}.ipynb"
     env_before = {key: os.environ.get(key) for key in ("LLMOPS_HOME", "LLMOPS_RUN_DIR")}
     os.environ["LLMOPS_HOME"] = str(settings().home)  # the kernel inherits an absolute home
     os.environ["LLMOPS_RUN_DIR"] = str(work)  # files a runbook saves there are archived with it
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.perf_counter()
     error = None
     try:

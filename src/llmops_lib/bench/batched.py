@@ -40,19 +40,30 @@ def engine_generation_speed(
     includes processing the prompts, as a load generator's output throughput does.
     """
     if not batches or min(batches) < 1 or prompt_len < 1 or output_len < 1:
-        raise SpecError(f"batch sizes, prompt_len and output_len must be at least 1, got {batches}, {prompt_len}, {output_len}")
+        raise SpecError(
+            f"batch sizes, prompt_len and output_len must be at least 1, got {batches}, {prompt_len}, {output_len}"
+        )
     check_model_file(spec.model)
     command = [
         str(batched_bench_binary()),
-        "--model", str(spec.model),
-        "--ctx-size", str((prompt_len + output_len) * max(batches)),
-        "--threads", str(spec.threads),
-        "--threads-batch", str(spec.threads),
-        "--flash-attn", "on" if spec.flash_attn else "off",
-        "-npp", str(prompt_len),
-        "-ntg", str(output_len),
-        "-npl", ",".join(str(b) for b in batches),
-        "--output-format", "jsonl",
+        "--model",
+        str(spec.model),
+        "--ctx-size",
+        str((prompt_len + output_len) * max(batches)),
+        "--threads",
+        str(spec.threads),
+        "--threads-batch",
+        str(spec.threads),
+        "--flash-attn",
+        "on" if spec.flash_attn else "off",
+        "-npp",
+        str(prompt_len),
+        "-ntg",
+        str(output_len),
+        "-npl",
+        ",".join(str(b) for b in batches),
+        "--output-format",
+        "jsonl",
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)

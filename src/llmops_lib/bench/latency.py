@@ -69,7 +69,12 @@ def _statistics(values_s: Sequence[float]) -> dict[str, float]:
     if not values_s:
         return dict.fromkeys(STATISTICS, 0.0)
     ms = [v * 1000 for v in values_s]
-    return {"mean": sum(ms) / len(ms), "median": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99)}
+    return {
+        "mean": sum(ms) / len(ms),
+        "median": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+    }
 
 
 def meets_slos(completion: Completion, slos: Mapping[str, float]) -> bool:
@@ -179,8 +184,12 @@ class ServingMetrics:
             ("Output token throughput (tok/s)", f"{self.output_throughput:.2f}"),
             ("Total token throughput (tok/s)", f"{self.total_token_throughput:.2f}"),
         ]
-        for metric, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
-                              ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency")):
+        for metric, title in (
+            ("ttft", "Time to First Token"),
+            ("tpot", "Time per Output Token (excl. 1st token)"),
+            ("itl", "Inter-token Latency"),
+            ("e2el", "End-to-end Latency"),
+        ):
             rows.append((f"-- {title} --", ""))
             for stat in STATISTICS:
                 label = stat.capitalize() if stat in ("mean", "median") else stat.upper()

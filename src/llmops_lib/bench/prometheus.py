@@ -34,7 +34,9 @@ class Scrape:
     def increase(self, later: Scrape, name: str) -> float:
         """How much counter `name` grew until `later` (EngineError if the server lacks it)."""
         if name not in self.samples or name not in later.samples:
-            raise EngineError(f"the server's /metrics has no {name}; was the engine started with metrics on (llama-server --metrics)?")
+            raise EngineError(
+                f"the server's /metrics has no {name}; was the engine started with metrics on (llama-server --metrics)?"
+            )
         return later.samples[name] - self.samples[name]
 
 
@@ -43,7 +45,11 @@ def scrape(client: OpenAIClient) -> Scrape:
     try:
         response = client.get("/metrics")
     except httpx.HTTPError as exc:
-        raise EngineError(f"cannot read {client.base_url}/metrics ({type(exc).__name__}: {exc}); is the server running?") from exc
+        raise EngineError(
+            f"cannot read {client.base_url}/metrics ({type(exc).__name__}: {exc}); is the server running?"
+        ) from exc
     if response.status_code != 200:
-        raise EngineError(f"{client.base_url}/metrics answered HTTP {response.status_code}: start llama-server with --metrics")
+        raise EngineError(
+            f"{client.base_url}/metrics answered HTTP {response.status_code}: start llama-server with --metrics"
+        )
     return Scrape(time.perf_counter(), common_samples(response.text))

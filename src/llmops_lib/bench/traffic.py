@@ -19,9 +19,7 @@ from llmops_lib.errors import SpecError
 
 # Filler for longer prompts: the words are sampled, so prompts differ and no prefix cache helps.
 CONTEXT_WORDS = tuple(
-    "service latency memory throughput request model token cache batch queue server client deploy "
-    "release metric alert budget capacity replica traffic region version rollout incident review "
-    "prompt answer window context engine thread core bandwidth storage network error retry".split()
+    ["service", "latency", "memory", "throughput", "request", "model", "token", "cache", "batch", "queue", "server", "client", "deploy", "release", "metric", "alert", "budget", "capacity", "replica", "traffic", "region", "version", "rollout", "incident", "review", "prompt", "answer", "window", "context", "engine", "thread", "core", "bandwidth", "storage", "network", "error", "retry"]
 )
 
 
@@ -112,7 +110,9 @@ class LoadPlan:
         if int(self.concurrency) < 1:
             raise SpecError(f"LoadPlan.concurrency must be at least 1 request in flight, got {self.concurrency}")
         if not float(self.request_rate) > 0:
-            raise SpecError(f"LoadPlan.request_rate must be a positive number of requests/s (or inf), got {self.request_rate}")
+            raise SpecError(
+                f"LoadPlan.request_rate must be a positive number of requests/s (or inf), got {self.request_rate}"
+            )
         if self.num_requests is None and self.duration_s is None:
             raise SpecError("LoadPlan needs num_requests or duration_s, else the load would never stop")
         if self.num_requests is not None and int(self.num_requests) < 1:

@@ -6,7 +6,7 @@ The default model is a base model: these are completions and few-shot prompts, n
 COMPLETION_PROMPTS: tuple[str, ...] = (
     "The three most common causes of latency in a web service are",
     "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA: Tokyo\nQ: What is the capital of Italy?\nA:",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "English: Good morning.\nFrench: Bonjour.\nEnglish: Thank you very much.\nFrench:",
     "A checklist for deploying a new version of a service:\n1.",
     "The weather report for tomorrow says",

@@ -21,11 +21,20 @@ class OpenAIClient:
 
     name = "http"
 
-    def __init__(self, base_url: str, *, model: str = "default", timeout_s: float = 300.0, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = "default",
+        timeout_s: float = 300.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """`headers` go with every request (e.g. a gateway's `x-llmops-priority`, `authorization`)."""
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -56,9 +65,7 @@ class OpenAIClient:
             with self._http.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise EngineError(
-                        f"{self.base_url} answered {response.status_code}: {response.text[:300]}"
-                    )
+                    raise EngineError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue

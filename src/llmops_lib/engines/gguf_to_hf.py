@@ -34,7 +34,9 @@ def convert(gguf: Path, out: Path) -> None:
     ids = reloaded("Hello").input_ids
     if not ids or ids[0] != reloaded.bos_token_id:
         raise SystemExit(f"the exported tokenizer does not add <bos> (ids {ids[:4]}, bos {reloaded.bos_token_id})")
-    print(f"exported {gguf.name}: {sum(p.numel() for p in model.parameters()):,} parameters, bos {reloaded.bos_token_id}")
+    print(
+        f"exported {gguf.name}: {sum(p.numel() for p in model.parameters()):,} parameters, bos {reloaded.bos_token_id}"
+    )
 
 
 if __name__ == "__main__":

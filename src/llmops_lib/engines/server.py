@@ -103,7 +103,9 @@ class ServerEngine(ABC):
                     self.command(self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
             except FileNotFoundError as exc:
-                raise EngineError(f"cannot start {self.name}: {exc.filename} not found; run make to install it") from exc
+                raise EngineError(
+                    f"cannot start {self.name}: {exc.filename} not found; run make to install it"
+                ) from exc
         atexit.register(self.stop)
         self._wait_healthy()
         return self

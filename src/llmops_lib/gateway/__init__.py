@@ -15,4 +15,14 @@ def create_app(config: GatewayConfig):  # noqa: ANN201 - lazy: importing FastAPI
     return build(config)
 
 
-__all__ = ["Deployment", "GatewayAdmin", "GatewayConfig", "GatewayServer", "Route", "Rule", "create_app", "load_config", "run_gateway"]
+__all__ = [
+    "Deployment",
+    "GatewayAdmin",
+    "GatewayConfig",
+    "GatewayServer",
+    "Route",
+    "Rule",
+    "create_app",
+    "load_config",
+    "run_gateway",
+]

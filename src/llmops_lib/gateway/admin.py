@@ -19,7 +19,9 @@ class GatewayAdmin:
         try:
             response = self._client.request(method, path, json=body)
         except httpx.TransportError as exc:
-            raise LLMOpsError(f"gateway admin API at {self.base_url} unreachable ({type(exc).__name__}): is the gateway running?") from None
+            raise LLMOpsError(
+                f"gateway admin API at {self.base_url} unreachable ({type(exc).__name__}): is the gateway running?"
+            ) from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]
@@ -37,7 +39,9 @@ class GatewayAdmin:
         return self._call("PUT", f"/admin/routes/{model}/weights", {"weights": weights})["routes"]
 
     def add_deployment(self, model: str, name: str, url: str, weight: int = 0) -> list[dict]:
-        return self._call("POST", f"/admin/routes/{model}/deployments", {"name": name, "url": url, "weight": weight})["routes"]
+        return self._call("POST", f"/admin/routes/{model}/deployments", {"name": name, "url": url, "weight": weight})[
+            "routes"
+        ]
 
     def remove_deployment(self, model: str, name: str) -> list[dict]:
         return self._call("DELETE", f"/admin/routes/{model}/deployments/{name}")["routes"]

@@ -65,7 +65,9 @@ class Gateway:
         self.routes = RouteTable(config.routes)
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self.metrics = GatewayMetrics()
-        self.gate = PriorityGate(config.concurrency, config.queue_size, lambda p, n: self.metrics.queue_depth.labels(p).set(n))
+        self.gate = PriorityGate(
+            config.concurrency, config.queue_size, lambda p, n: self.metrics.queue_depth.labels(p).set(n)
+        )
         self.prices = config.price_table()
         self.log: RequestLog | None = None
         self.client: aiohttp.ClientSession | None = None
@@ -73,7 +75,9 @@ class Gateway:
     async def start(self) -> None:
         self.log = RequestLog(self.config.request_log, capture_text=self.config.capture_text)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s, connect=min(5.0, self.config.timeout_s))
-        self.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout, auto_decompress=False)
+        self.client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=timeout, auto_decompress=False
+        )
 
     async def stop(self) -> None:
         if self.client is not None:
@@ -132,20 +136,32 @@ class Gateway:
 
     async def proxy(self, request: Request, operation: str, path: str) -> Response:
         t0 = time.perf_counter()
-        record = RequestRecord(request_id="req-" + uuid.uuid4().hex, started_at=time.time(), gen_ai_operation_name=operation)
+        record = RequestRecord(
+            request_id="req-" + uuid.uuid4().hex, started_at=time.time(), gen_ai_operation_name=operation
+        )
         headers = {"x-request-id": record.request_id}
         acquired = False
         try:
             if not _authorized(request, self.config.api_keys):
-                raise ApiError(401, "missing or wrong API key: send Authorization: Bearer <key>", type="authentication_error", code="invalid_api_key")
+                raise ApiError(
+                    401,
+                    "missing or wrong API key: send Authorization: Bearer <key>",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                )
             body = parse_body(await request.body())
             priority = body.pop("priority", None) or request.headers.get("x-llmops-priority", "interactive")
             body["priority"] = priority
-            text = validate(operation, body, set(self.routes.routes), self.config.context_window, self.config.max_tokens_limit)
+            text = validate(
+                operation, body, set(self.routes.routes), self.config.context_window, self.config.max_tokens_limit
+            )
             del body["priority"]
             stream = bool(body.get("stream"))
             record.gen_ai_request_model, record.stream, record.priority = body["model"], int(stream), priority
-            record.gen_ai_request_max_tokens, record.gen_ai_request_temperature = body.get("max_tokens"), body.get("temperature")
+            record.gen_ai_request_max_tokens, record.gen_ai_request_temperature = (
+                body.get("max_tokens"),
+                body.get("temperature"),
+            )
             record.prompt = text
             cache_key = self.cache.key(path, body)
             if cache_key is not None:
@@ -157,18 +173,30 @@ class Gateway:
             try:
                 await self.gate.acquire(priority)
             except QueueFull:
-                raise ApiError(429, "the gateway's queue is full: retry after the Retry-After seconds", type="rate_limit_error", code="queue_full") from None
+                raise ApiError(
+                    429,
+                    "the gateway's queue is full: retry after the Retry-After seconds",
+                    type="rate_limit_error",
+                    code="queue_full",
+                ) from None
             acquired = True
             response, deployment = await self._first_answer(candidates, path, body, record)
             record.deployment, record.upstream_url = deployment.name, deployment.url
             headers["x-llmops-deployment"] = deployment.name
             if stream and response.status < 400:
                 acquired = False  # the stream releases the slot when it ends
-                return StreamingResponse(self._relay(response, record, t0), media_type="text/event-stream", headers=headers)
+                return StreamingResponse(
+                    self._relay(response, record, t0), media_type="text/event-stream", headers=headers
+                )
             try:
                 content = await response.read()
             except _UPSTREAM_FAILURES as exc:
-                raise ApiError(502, f"{deployment.name} failed while answering ({type(exc).__name__}): retry", type="server_error", code="upstream_failed") from None
+                raise ApiError(
+                    502,
+                    f"{deployment.name} failed while answering ({type(exc).__name__}): retry",
+                    type="server_error",
+                    code="upstream_failed",
+                ) from None
             finally:
                 response.release()
             record.http_status = response.status
@@ -206,7 +234,9 @@ class Gateway:
         self.finish(record, t0, usage)
         return JSONResponse(data, headers=headers | {"x-llmops-deployment": "cache", "x-llmops-cache": "hit"})
 
-    async def _first_answer(self, candidates: list[Deployment], path: str, body: dict, record: RequestRecord) -> tuple[aiohttp.ClientResponse, Deployment]:
+    async def _first_answer(
+        self, candidates: list[Deployment], path: str, body: dict, record: RequestRecord
+    ) -> tuple[aiohttp.ClientResponse, Deployment]:
         failures = []
         for deployment in candidates:
             try:
@@ -216,7 +246,12 @@ class Gateway:
                 record.fallback_from = record.fallback_from or deployment.name
         last = failures[-1]
         record.deployment = last.deployment.name
-        raise ApiError(504 if last.kind == "timeout" else 502, "no upstream could answer: " + "; ".join(map(str, failures)), type="server_error", code="upstream_" + last.kind)
+        raise ApiError(
+            504 if last.kind == "timeout" else 502,
+            "no upstream could answer: " + "; ".join(map(str, failures)),
+            type="server_error",
+            code="upstream_" + last.kind,
+        )
 
     async def _relay(self, response: aiohttp.ClientResponse, record: RequestRecord, t0: float) -> AsyncIterator[bytes]:
         """Pass the engine's SSE bytes through; if it dies mid-stream, send an error event and end."""
@@ -239,7 +274,14 @@ class Gateway:
             self.metrics.upstream_errors.labels(record.deployment or "", "mid_stream").inc()
             record.http_status, record.error_type = 502, "upstream_died_mid_stream"
             record.error = f"{record.deployment}: {type(exc).__name__}: {exc}"
-            event = {"error": {"message": f"the upstream deployment failed mid-stream ({type(exc).__name__}); the answer is incomplete: retry", "type": "server_error", "param": None, "code": "upstream_mid_stream"}}
+            event = {
+                "error": {
+                    "message": f"the upstream deployment failed mid-stream ({type(exc).__name__}); the answer is incomplete: retry",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "upstream_mid_stream",
+                }
+            }
             yield b"data: " + json.dumps(event).encode() + b"\n\n"
         finally:
             response.release()
@@ -308,13 +350,26 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         if not _authorized(request, config.api_keys):
-            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer <key>", type="authentication_error", code="invalid_api_key")
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "llmops"} for name in gateway.routes.routes]}
+            raise ApiError(
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "owned_by": "llmops"} for name in gateway.routes.routes],
+        }
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict:
         if not _authorized(request, config.api_keys):
-            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer <key>", type="authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
         body = parse_body(await request.body())
         if not isinstance(body.get("request_id"), str):
             raise ApiError(400, "request_id must be the x-request-id of an answered request", param="request_id")
@@ -338,7 +393,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     def admin(request: Request) -> None:
         if not _authorized(request, config.admin_keys):
-            raise ApiError(401, "missing or wrong admin key: send Authorization: Bearer <admin key>", type="authentication_error", code="invalid_admin_key")
+            raise ApiError(
+                401,
+                "missing or wrong admin key: send Authorization: Bearer <admin key>",
+                type="authentication_error",
+                code="invalid_admin_key",
+            )
 
     @app.get("/admin/routes")
     async def get_routes(request: Request) -> dict:
@@ -374,7 +434,9 @@ async def _scrape_engines(gateway: Gateway) -> None:
 
     async def scrape(deployment: Deployment) -> None:
         try:
-            async with gateway.client.get(deployment.url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0)) as response:
+            async with gateway.client.get(
+                deployment.url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as response:
                 if response.status != 200:
                     return
                 text = await response.text()

@@ -23,19 +23,29 @@ class RouteTable:
         try:
             return self.routes[model]
         except KeyError:
-            raise ApiError(404, f"unknown model {model!r}: GET /admin/routes lists {sorted(self.routes)}", param="model", code="model_not_found") from None
+            raise ApiError(
+                404,
+                f"unknown model {model!r}: GET /admin/routes lists {sorted(self.routes)}",
+                param="model",
+                code="model_not_found",
+            ) from None
 
     def candidates(self, model: str, prompt: str, tag: str | None) -> list[Deployment]:
         """Deployments to try in order: the chosen one, then the fallback (if different)."""
         route = self.route(model)
         by_name = {d.name: d for d in route.deployments}
         rule = route.rule
-        if rule and ((rule.tag is not None and tag == rule.tag) or (rule.max_prompt_chars is not None and len(prompt) <= rule.max_prompt_chars)):
+        if rule and (
+            (rule.tag is not None and tag == rule.tag)
+            or (rule.max_prompt_chars is not None and len(prompt) <= rule.max_prompt_chars)
+        ):
             first = by_name[rule.deployment]
         else:
             weighted = [d for d in route.deployments if d.weight > 0]
             if not weighted:
-                raise ApiError(503, f"model {model!r} has no deployment with weight > 0", type="server_error", code="no_deployment")
+                raise ApiError(
+                    503, f"model {model!r} has no deployment with weight > 0", type="server_error", code="no_deployment"
+                )
             first = self._random.choices(weighted, weights=[d.weight for d in weighted])[0]
         order = [first]
         if route.fallback and route.fallback != first.name:
@@ -43,10 +53,16 @@ class RouteTable:
         return order
 
     def describe(self) -> dict:
-        return {"routes": [
-            {"model": r.model, "deployments": [{"name": d.name, "url": d.url, "weight": d.weight} for d in r.deployments], "fallback": r.fallback}
-            for r in self.routes.values()
-        ]}
+        return {
+            "routes": [
+                {
+                    "model": r.model,
+                    "deployments": [{"name": d.name, "url": d.url, "weight": d.weight} for d in r.deployments],
+                    "fallback": r.fallback,
+                }
+                for r in self.routes.values()
+            ]
+        }
 
     def set_weights(self, model: str, weights: object) -> None:
         route = self.route(model)
@@ -55,9 +71,13 @@ class RouteTable:
             raise ApiError(400, "weights must be an object {deployment: weight}", param="weights")
         for name, weight in weights.items():
             if name not in names:
-                raise ApiError(400, f"deployment {name!r} is not in route {model!r} (has {sorted(names)})", param=f"weights.{name}")
+                raise ApiError(
+                    400, f"deployment {name!r} is not in route {model!r} (has {sorted(names)})", param=f"weights.{name}"
+                )
             if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-                raise ApiError(400, f"weight of {name!r} must be an integer 0..100, got {weight!r}", param=f"weights.{name}")
+                raise ApiError(
+                    400, f"weight of {name!r} must be an integer 0..100, got {weight!r}", param=f"weights.{name}"
+                )
         total = sum(weights.get(d.name, d.weight) for d in route.deployments)
         if total != 100:
             raise ApiError(400, f"weights must sum to 100, got {total}", param="weights")
@@ -74,7 +94,9 @@ class RouteTable:
         weight = body.get("weight", 0)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             raise ApiError(400, f"weight must be an integer 0..100, got {weight!r}", param="weight")
-        deployment = Deployment(name=body["name"], url=body["url"], weight=weight, upstream_model=body.get("upstream_model"))
+        deployment = Deployment(
+            name=body["name"], url=body["url"], weight=weight, upstream_model=body.get("upstream_model")
+        )
         route.deployments.append(deployment)
         return deployment
 
@@ -83,7 +105,11 @@ class RouteTable:
         if not any(d.name == name for d in route.deployments):
             raise ApiError(404, f"deployment {name!r} is not in route {model!r}", param="name")
         if route.fallback == name or (route.rule and route.rule.deployment == name):
-            raise ApiError(409, f"deployment {name!r} is the fallback or rule target of route {model!r}: change that first", param="name")
+            raise ApiError(
+                409,
+                f"deployment {name!r} is the fallback or rule target of route {model!r}: change that first",
+                param="name",
+            )
         if len(route.deployments) == 1:
             raise ApiError(409, f"deployment {name!r} is the last of route {model!r}", param="name")
         route.deployments = [d for d in route.deployments if d.name != name]

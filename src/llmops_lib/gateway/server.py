@@ -31,7 +31,9 @@ def run_gateway(config: GatewayConfig, host: str = HOST, port: int = 8000) -> No
 
     from llmops_lib.gateway.app import create_app
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools")
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools"
+    )
 
 
 class GatewayServer:
@@ -58,7 +60,18 @@ class GatewayServer:
         stem = folder / f"gateway-{datetime.now():%Y%m%d-%H%M%S}-{self.port}"
         config_path, self.log_path = stem.with_suffix(".json"), stem.with_suffix(".log")
         config_path.write_text(self.config.model_dump_json(indent=2))  # JSON is YAML: `llmops gateway` reads it
-        command = [sys.executable, "-m", "llmops_lib", "gateway", "--config", str(config_path), "--host", HOST, "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "llmops_lib",
+            "gateway",
+            "--config",
+            str(config_path),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+        ]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
@@ -66,14 +79,18 @@ class GatewayServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code, self._process = self._process.returncode, None
-                raise EngineError(f"the gateway exited at start (code {code}): {self._log_tail()} (log: {self.log_path})")
+                raise EngineError(
+                    f"the gateway exited at start (code {code}): {self._log_tail()} (log: {self.log_path})"
+                )
             try:
                 if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)
         self.stop()
-        raise EngineError(f"the gateway did not answer /health within {self.start_timeout_s:.0f} s: {self._log_tail()} (log: {self.log_path})")
+        raise EngineError(
+            f"the gateway did not answer /health within {self.start_timeout_s:.0f} s: {self._log_tail()} (log: {self.log_path})"
+        )
 
     def _log_tail(self) -> str:
         lines = self.log_path.read_text(errors="replace").strip().splitlines() if self.log_path else []

@@ -63,7 +63,10 @@ def prompt_text(operation: str, body: dict) -> str:
                 raise ApiError(400, f"messages[{i}] must be an object with a string role", param=f"messages[{i}]")
             content = message.get("content")
             if isinstance(content, list):
-                content = " ".join(p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text", ""), str) else "\0" for p in content)
+                content = " ".join(
+                    p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text", ""), str) else "\0"
+                    for p in content
+                )
             if not isinstance(content, str) or "\0" in content:
                 raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
             parts.append(content)
@@ -82,7 +85,12 @@ def validate(operation: str, body: dict, models: set[str], context_window: int, 
     if not isinstance(model, str):
         raise ApiError(400, "model must be a string naming one of the gateway's models", param="model")
     if model not in models:
-        raise ApiError(404, f"unknown model {model!r}: GET /v1/models lists {sorted(models)}", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"unknown model {model!r}: GET /v1/models lists {sorted(models)}",
+            param="model",
+            code="model_not_found",
+        )
     text = prompt_text(operation, body)
     _number(body, "max_tokens", 1, max_tokens_limit, integer=True)
     _number(body, "n", 1, 1, integer=True)
@@ -93,9 +101,18 @@ def validate(operation: str, body: dict, models: set[str], context_window: int, 
             raise ApiError(400, f"{flag} must be true or false", param=flag)
     if "priority" in body and body["priority"] not in PRIORITIES:
         raise ApiError(400, f"priority must be one of {sorted(PRIORITIES)}", param="priority")
-    if "stop" in body and not (body["stop"] is None or isinstance(body["stop"], str) or (isinstance(body["stop"], list) and all(isinstance(s, str) for s in body["stop"]))):
+    if "stop" in body and not (
+        body["stop"] is None
+        or isinstance(body["stop"], str)
+        or (isinstance(body["stop"], list) and all(isinstance(s, str) for s in body["stop"]))
+    ):
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
     estimate = len(text) // CHARS_PER_TOKEN + (body.get("max_tokens") or 0)
     if estimate > context_window:
-        raise ApiError(400, f"the prompt (about {len(text) // CHARS_PER_TOKEN} tokens) plus max_tokens exceeds the context window of {context_window} tokens: shorten it", param="prompt" if operation != "chat" else "messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt (about {len(text) // CHARS_PER_TOKEN} tokens) plus max_tokens exceeds the context window of {context_window} tokens: shorten it",
+            param="prompt" if operation != "chat" else "messages",
+            code="context_length_exceeded",
+        )
     return text

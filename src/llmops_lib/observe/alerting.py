@@ -22,7 +22,21 @@ from llmops_lib.errors import SpecError
 
 SEVERITIES = ("page", "ticket")
 RULES_FILE = Path("deploy") / "alerts.yml"
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _SELECTOR = re.compile(r"(?<![\w:.])(?P<name>[A-Za-z_:][\w:]*)\s*(?P<labels>\{[^}]*\})?(?P<call>\s*\()?")
 _MATCHER = re.compile(r'(?P<label>[A-Za-z_]\w*)\s*(?P<op>=~|!~|!=|=)\s*"(?P<value>(?:[^"\\]|\\.)*)"')
@@ -101,13 +115,20 @@ def load_rules(path: str | Path) -> list[AlertRule]:
         raise SpecError(f"{path} has no `groups` list: a rule file is `groups: [{{name, rules: [...]}}]`")
     rules = []
     for group in groups:
-        if not isinstance(group, dict) or not isinstance(group.get("name"), str) or not isinstance(group.get("rules"), list) or not group["rules"]:
+        if (
+            not isinstance(group, dict)
+            or not isinstance(group.get("name"), str)
+            or not isinstance(group.get("rules"), list)
+            or not group["rules"]
+        ):
             raise SpecError(f"{path}: every group needs a name and a non-empty rules list, got {group!r:.80}")
         for rule in group["rules"]:
             rules.append(_rule(path, group["name"], rule))
     names = [r.alert for r in rules]
     if len(set(names)) != len(names):
-        raise SpecError(f"{path}: alert names must be unique, {sorted({n for n in names if names.count(n) > 1})} repeat")
+        raise SpecError(
+            f"{path}: alert names must be unique, {sorted({n for n in names if names.count(n) > 1})} repeat"
+        )
     return rules
 
 
@@ -125,7 +146,15 @@ def _rule(path: Path, group: str, rule: object) -> AlertRule:
         raise SpecError(f"{where}: needs annotations summary and description (what is wrong, what to do)")
     if not selectors(rule["expr"]):
         raise SpecError(f"{where}: its expression selects no series")
-    return AlertRule(group, name, rule["expr"], str(rule["for"]), labels["severity"], annotations["summary"], annotations["description"])
+    return AlertRule(
+        group,
+        name,
+        rule["expr"],
+        str(rule["for"]),
+        labels["severity"],
+        annotations["summary"],
+        annotations["description"],
+    )
 
 
 def exposed_samples(exposition: str) -> dict[str, list[dict[str, str]]]:
@@ -153,7 +182,9 @@ def unknown_series(rule: AlertRule, samples: Mapping[str, list[dict[str, str]]])
             if not values:
                 problems.append(f"{rule.alert}: {selector.metric} has no label {label!r}")
             elif op == "=" and value not in values:
-                problems.append(f"{rule.alert}: {selector.metric}{{{label}={value!r}}} is not exposed (values: {sorted(values)})")
+                problems.append(
+                    f"{rule.alert}: {selector.metric}{{{label}={value!r}}} is not exposed (values: {sorted(values)})"
+                )
     return problems
 
 

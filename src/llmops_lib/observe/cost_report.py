@@ -15,10 +15,10 @@ Explained in: book/chapters/03_observability/common_challenges and runbooks/cost
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -41,7 +41,7 @@ def cost_by_day(rows: Sequence[Mapping]) -> dict[str, float]:
     """USD per UTC day (`YYYY-MM-DD`, by when each request started), in date order."""
     days: dict[str, float] = {}
     for row in sorted(rows, key=lambda r: r["started_at"]):
-        day = datetime.fromtimestamp(float(row["started_at"]), tz=timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(float(row["started_at"]), tz=UTC).strftime("%Y-%m-%d")
         days[day] = days.get(day, 0.0) + _cost(row)
     return days
 
@@ -106,7 +106,9 @@ def _price(prices: PriceTable, deployment: str, input_tokens: int, output_tokens
     try:
         return prices.cost(deployment, input_tokens, output_tokens)
     except KeyError:
-        raise SpecError(f"no price for deployment {deployment!r}: give the price table the gateway was configured with") from None
+        raise SpecError(
+            f"no price for deployment {deployment!r}: give the price table the gateway was configured with"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,9 @@ class CostReport:
         return data
 
 
-def cost_report(rows: Sequence[Mapping], prices: PriceTable | None = None, *, reference: str | None = None) -> CostReport:
+def cost_report(
+    rows: Sequence[Mapping], prices: PriceTable | None = None, *, reference: str | None = None
+) -> CostReport:
     """The report over `rows` (one period of the request log). Savings need the `prices`;
     routing savings also need the `reference` deployment to compare with.
 
@@ -138,7 +142,9 @@ def cost_report(rows: Sequence[Mapping], prices: PriceTable | None = None, *, re
         SpecError: no rows (nothing to report), or `reference` without `prices`.
     """
     if not rows:
-        raise SpecError("no requests in the request log for this period and these deployments: widen the period or check the log's path")
+        raise SpecError(
+            "no requests in the request log for this period and these deployments: widen the period or check the log's path"
+        )
     if reference is not None and prices is None:
         raise SpecError("routing savings need the price table: give prices together with the reference deployment")
     total = sum(_cost(r) for r in rows)
@@ -166,7 +172,10 @@ class Period:
     rows: list[dict]
 
     def describe(self) -> str:
-        span = " to ".join(datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") for t in (self.since, self.until))
+        span = " to ".join(
+            datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            for t in (self.since, self.until)
+        )
         return span + (f", deployments {', '.join(self.deployments)}" if self.deployments else ", all deployments")
 
 
@@ -175,10 +184,12 @@ def _utc(text: str, name: str) -> float:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise SpecError(f"{name}={text!r} is not an ISO 8601 time: write it as 2026-01-31T00:00 (UTC)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def load_period(request_log: str = "", *, hours: float = 24.0, since: str = "", until: str = "", deployments: str = "") -> Period:
+def load_period(
+    request_log: str = "", *, hours: float = 24.0, since: str = "", until: str = "", deployments: str = ""
+) -> Period:
     """The rows of the request log at `request_log` (path or `sqlite:///` URL; empty: LLMOPS_HOME's)
     for the last `hours`, or `since`…`until` (ISO 8601, UTC), for the comma-separated `deployments`.
 
@@ -187,11 +198,15 @@ def load_period(request_log: str = "", *, hours: float = 24.0, since: str = "", 
     """
     path = database_path(request_log or None)
     if not path.is_file():
-        raise SpecError(f"no request log at {path}: run the gateway with a request log first, or point request_log at one")
+        raise SpecError(
+            f"no request log at {path}: run the gateway with a request log first, or point request_log at one"
+        )
     end = _utc(until, "until") if until else time.time()
     start = _utc(since, "since") if since else end - hours * 3600
     if not (hours > 0 or since) or start >= end:
-        raise SpecError(f"the period must have a positive length: since {since or f'{hours} hours back'} until {until or 'now'}")
+        raise SpecError(
+            f"the period must have a positive length: since {since or f'{hours} hours back'} until {until or 'now'}"
+        )
     names = tuple(name.strip() for name in deployments.split(",") if name.strip())
     log = RequestLog(f"sqlite:///{path}")
     try:
@@ -200,7 +215,9 @@ def load_period(request_log: str = "", *, hours: float = 24.0, since: str = "", 
         log.close()
     period = Period(str(path), start, end, names, rows)
     if not rows:
-        raise SpecError(f"the request log {path} has no request from {period.describe()}: widen the period or check the deployments")
+        raise SpecError(
+            f"the request log {path} has no request from {period.describe()}: widen the period or check the deployments"
+        )
     return period
 
 
@@ -229,6 +246,8 @@ def savings_figure(report: CostReport) -> go.Figure:
         bars["without the cache"] = report.total_usd + report.cache.usd
     if report.routing is not None:
         bars[f"all to {report.routing.reference}"] = report.total_usd + report.routing.usd
-    fig = go.Figure(go.Bar(x=list(bars), y=list(bars.values()), text=[f"${v:.4g}" for v in bars.values()], textposition="outside"))
+    fig = go.Figure(
+        go.Bar(x=list(bars), y=list(bars.values()), text=[f"${v:.4g}" for v in bars.values()], textposition="outside")
+    )
     fig.update_layout(title=f"Spend over {report.requests} requests, and the counterfactuals", yaxis_title="USD")
     return fig

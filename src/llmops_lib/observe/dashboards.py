@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -73,7 +73,9 @@ def auto_bucket_s(rows: Sequence[Mapping], buckets: int = 30) -> float:
     return next((b for b in NICE_BUCKETS_S if span / b <= buckets), NICE_BUCKETS_S[-1])
 
 
-def bucketize(rows: Iterable[Mapping], bucket_s: float, *, time_of: Callable[[Mapping], float] = finished_at) -> dict[float, list[Mapping]]:
+def bucketize(
+    rows: Iterable[Mapping], bucket_s: float, *, time_of: Callable[[Mapping], float] = finished_at
+) -> dict[float, list[Mapping]]:
     """Rows by the start of their bucket (unix s), every bucket from the first to the last present."""
     if not bucket_s > 0:
         raise SpecError(f"bucket_s must be a positive number of seconds, got {bucket_s}")
@@ -83,18 +85,27 @@ def bucketize(rows: Iterable[Mapping], bucket_s: float, *, time_of: Callable[[Ma
     if not grouped:
         return {}
     first, last = min(grouped), max(grouped)
-    return {first + i * bucket_s: grouped.get(first + i * bucket_s, []) for i in range(round((last - first) / bucket_s) + 1)}
+    return {
+        first + i * bucket_s: grouped.get(first + i * bucket_s, []) for i in range(round((last - first) / bucket_s) + 1)
+    }
 
 
 def _times(buckets: Mapping[float, object]) -> tuple[datetime, ...]:
-    return tuple(datetime.fromtimestamp(t, tz=timezone.utc) for t in buckets)
+    return tuple(datetime.fromtimestamp(t, tz=UTC) for t in buckets)
 
 
-def _series(name: str, buckets: Mapping[float, list[Mapping]], value: Callable[[list[Mapping]], float | None], kind: str = "line") -> Series:
+def _series(
+    name: str,
+    buckets: Mapping[float, list[Mapping]],
+    value: Callable[[list[Mapping]], float | None],
+    kind: str = "line",
+) -> Series:
     return Series(name, _times(buckets), tuple(value(rows) for rows in buckets.values()), kind)
 
 
-def latency_panel(rows: Sequence[Mapping], bucket_s: float, *, column: str = "latency_s", quantiles: Sequence[float] = (50, 95, 99)) -> Panel:
+def latency_panel(
+    rows: Sequence[Mapping], bucket_s: float, *, column: str = "latency_s", quantiles: Sequence[float] = (50, 95, 99)
+) -> Panel:
     """Percentiles of `latency_s` (end to end) or `ttft_s` per bucket, in ms, over answered requests.
 
     Percentiles, not means: a mean hides the slow tail that users complain about and SLOs state."""
@@ -111,7 +122,9 @@ def latency_panel(rows: Sequence[Mapping], bucket_s: float, *, column: str = "la
 def throughput_panel(rows: Sequence[Mapping], bucket_s: float) -> Panel:
     """Answered requests/s and generated tokens/s per bucket (what the fleet delivers)."""
     buckets = bucketize([r for r in rows if outcome(r) == "ok"], bucket_s)
-    tokens = _series("output tokens/s", buckets, lambda g: sum(int(r.get("gen_ai_usage_output_tokens") or 0) for r in g) / bucket_s)
+    tokens = _series(
+        "output tokens/s", buckets, lambda g: sum(int(r.get("gen_ai_usage_output_tokens") or 0) for r in g) / bucket_s
+    )
     requests = _series("requests/s", buckets, lambda g: len(g) / bucket_s)
     return Panel("throughput", "per second", (tokens, requests))
 
@@ -137,7 +150,12 @@ def cost_panel(rows: Sequence[Mapping], bucket_s: float) -> Panel:
         "cost",
         "USD per bucket",
         tuple(
-            _series(name, buckets, lambda g, name=name: sum(float(r.get("cost_usd") or 0) for r in g if str(r.get("deployment")) == name), "bar")
+            _series(
+                name,
+                buckets,
+                lambda g, name=name: sum(float(r.get("cost_usd") or 0) for r in g if str(r.get("deployment")) == name),
+                "bar",
+            )
             for name in deployments
         ),
     )
@@ -146,7 +164,11 @@ def cost_panel(rows: Sequence[Mapping], bucket_s: float) -> Panel:
 def cache_hit_panel(rows: Sequence[Mapping], bucket_s: float) -> Panel:
     """Share of answered requests per bucket that the gateway's response cache served."""
     buckets = bucketize([r for r in rows if outcome(r) == "ok"], bucket_s)
-    return Panel("cache hit ratio", "share of answered requests", (_series("hit ratio", buckets, lambda g: sum(bool(r.get("cache_hit")) for r in g) / len(g) if g else None),))
+    return Panel(
+        "cache hit ratio",
+        "share of answered requests",
+        (_series("hit ratio", buckets, lambda g: sum(bool(r.get("cache_hit")) for r in g) / len(g) if g else None),),
+    )
 
 
 def feedback_panel(feedback: Sequence[Mapping], bucket_s: float) -> Panel:
@@ -165,7 +187,9 @@ def figure(panel: Panel) -> go.Figure:
     return fig
 
 
-def overview(rows: Sequence[Mapping], feedback: Sequence[Mapping] = (), *, bucket_s: float | None = None, title: str = "Gateway") -> go.Figure:
+def overview(
+    rows: Sequence[Mapping], feedback: Sequence[Mapping] = (), *, bucket_s: float | None = None, title: str = "Gateway"
+) -> go.Figure:
     """All six panels on one figure, bucketed alike (auto width when `bucket_s` is None)."""
     bucket_s = bucket_s or auto_bucket_s([*rows, *({"finished_at": f["created_at"]} for f in feedback)])
     panels = (
@@ -184,7 +208,9 @@ def overview(rows: Sequence[Mapping], feedback: Sequence[Mapping] = (), *, bucke
         row, col = divmod(index, columns)
         _draw(fig, panel, row=row + 1, col=col + 1)
         fig.update_yaxes(title_text=panel.unit, row=row + 1, col=col + 1)
-    fig.update_layout(title=f"{title}: {len(rows)} requests, {bucket_s:g} s buckets (UTC)", height=300 * grid_rows, barmode="stack")
+    fig.update_layout(
+        title=f"{title}: {len(rows)} requests, {bucket_s:g} s buckets (UTC)", height=300 * grid_rows, barmode="stack"
+    )
     return fig
 
 
@@ -192,4 +218,9 @@ def _draw(fig: go.Figure, panel: Panel, **where: int) -> None:
     for series in panel.series:
         trace = go.Bar if series.kind == "bar" else go.Scatter
         extra = {} if series.kind == "bar" else {"mode": "lines+markers", "connectgaps": False}
-        fig.add_trace(trace(x=series.times, y=series.values, name=f"{panel.title}: {series.name}", legendgroup=panel.title, **extra), **where)
+        fig.add_trace(
+            trace(
+                x=series.times, y=series.values, name=f"{panel.title}: {series.name}", legendgroup=panel.title, **extra
+            ),
+            **where,
+        )

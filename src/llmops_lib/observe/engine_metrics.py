@@ -17,8 +17,16 @@ from collections import defaultdict
 COMMON_NAMES: dict[str, tuple[str, ...]] = {
     "requests_running": ("llamacpp:requests_processing", "vllm:num_requests_running"),
     "requests_waiting": ("llamacpp:requests_deferred", "vllm:num_requests_waiting", "llmops_gateway_queue_depth"),
-    "prompt_tokens_total": ("llamacpp:prompt_tokens_total", "vllm:prompt_tokens_total", 'llmops_gateway_tokens_total{direction="in"}'),
-    "generation_tokens_total": ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total", 'llmops_gateway_tokens_total{direction="out"}'),
+    "prompt_tokens_total": (
+        "llamacpp:prompt_tokens_total",
+        "vllm:prompt_tokens_total",
+        'llmops_gateway_tokens_total{direction="in"}',
+    ),
+    "generation_tokens_total": (
+        "llamacpp:tokens_predicted_total",
+        "vllm:generation_tokens_total",
+        'llmops_gateway_tokens_total{direction="out"}',
+    ),
     "prompt_seconds_total": ("llamacpp:prompt_seconds_total", "vllm:request_prefill_time_seconds_sum"),
     "generation_seconds_total": ("llamacpp:tokens_predicted_seconds_total", "vllm:request_decode_time_seconds_sum"),
     "kv_cache_usage_ratio": ("llamacpp:kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
@@ -31,7 +39,7 @@ COMMON_NAMES: dict[str, tuple[str, ...]] = {
     "e2e_seconds_count": ("vllm:e2e_request_latency_seconds_count", "llmops_gateway_e2e_seconds_count"),
 }
 
-_SAMPLE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$')
+_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 

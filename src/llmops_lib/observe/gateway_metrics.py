@@ -17,14 +17,50 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("llmops_gateway_requests", "Requests answered", ["model", "deployment", "status"], registry=r)
-        self.ttft = Histogram("llmops_gateway_ttft_seconds", "Time to first token", ["model", "deployment"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("llmops_gateway_tpot_seconds", "Time per output token after the first", ["model", "deployment"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("llmops_gateway_e2e_seconds", "End-to-end request latency", ["model", "deployment"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("llmops_gateway_tokens", "Tokens in and out", ["model", "deployment", "direction"], registry=r)
+        self.requests = Counter(
+            "llmops_gateway_requests", "Requests answered", ["model", "deployment", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "llmops_gateway_ttft_seconds",
+            "Time to first token",
+            ["model", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "llmops_gateway_tpot_seconds",
+            "Time per output token after the first",
+            ["model", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "llmops_gateway_e2e_seconds",
+            "End-to-end request latency",
+            ["model", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llmops_gateway_tokens", "Tokens in and out", ["model", "deployment", "direction"], registry=r
+        )
         self.cache_hits = Counter("llmops_gateway_cache_hits", "Responses served from the cache", ["model"], registry=r)
-        self.cache_lookups = Counter("llmops_gateway_cache_lookups", "Cacheable requests looked up", ["model"], registry=r)
-        self.cache_tokens_saved = Counter("llmops_gateway_cache_tokens_saved", "Output tokens not generated thanks to the cache", ["model"], registry=r)
+        self.cache_lookups = Counter(
+            "llmops_gateway_cache_lookups", "Cacheable requests looked up", ["model"], registry=r
+        )
+        self.cache_tokens_saved = Counter(
+            "llmops_gateway_cache_tokens_saved",
+            "Output tokens not generated thanks to the cache",
+            ["model"],
+            registry=r,
+        )
         self.queue_depth = Gauge("llmops_gateway_queue_depth", "Requests waiting for a slot", ["priority"], registry=r)
-        self.upstream_errors = Counter("llmops_gateway_upstream_errors", "Upstream failures", ["deployment", "kind"], registry=r)
-        self.engine = Gauge("llmops_engine", "Engine metrics scraped from the upstreams, under common names", ["deployment", "name"], registry=r)
+        self.upstream_errors = Counter(
+            "llmops_gateway_upstream_errors", "Upstream failures", ["deployment", "kind"], registry=r
+        )
+        self.engine = Gauge(
+            "llmops_engine",
+            "Engine metrics scraped from the upstreams, under common names",
+            ["deployment", "name"],
+            registry=r,
+        )

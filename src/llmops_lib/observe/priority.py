@@ -63,7 +63,9 @@ def run_classes(base_url: str, classes: Sequence[TrafficClass], *, model: str = 
     clients = [priority_client(base_url, c.priority, model=model) for c in classes]
     try:
         with ThreadPoolExecutor(max_workers=len(classes), thread_name_prefix="class") as pool:
-            futures = [pool.submit(run_load, client, c.workload, c.plan, progress=False) for client, c in zip(clients, classes)]
+            futures = [
+                pool.submit(run_load, client, c.workload, c.plan, progress=False) for client, c in zip(clients, classes)
+            ]
             return {c.name: future.result() for c, future in zip(classes, futures)}
     finally:
         for client in clients:
@@ -96,6 +98,8 @@ def latency_by_priority(rows: Sequence[Mapping], column: str = "ttft_s") -> dict
         raise SpecError(f"no answered request with {column} in these rows: send traffic through the gateway first")
     order = sorted(groups, key=lambda p: (PRIORITIES.get(p, len(PRIORITIES)), p))
     return {
-        p: ClassLatency(p, len(groups[p]), percentile(groups[p], 50), percentile(groups[p], 95), sum(groups[p]) / len(groups[p]))
+        p: ClassLatency(
+            p, len(groups[p]), percentile(groups[p], 50), percentile(groups[p], 95), sum(groups[p]) / len(groups[p])
+        )
         for p in order
     }

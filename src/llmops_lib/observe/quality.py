@@ -160,7 +160,9 @@ def in_sample(request_id: str, rate: float) -> bool:
     return digest / 2**64 < rate
 
 
-def run_checks(rows: Sequence[Mapping], checks: Sequence[Check] = DEFAULT_CHECKS, *, rate: float = 1.0) -> list[CheckResult]:
+def run_checks(
+    rows: Sequence[Mapping], checks: Sequence[Check] = DEFAULT_CHECKS, *, rate: float = 1.0
+) -> list[CheckResult]:
     """Run `checks` on the sampled, answered requests of the log that carry their text.
 
     Raises:
@@ -169,9 +171,16 @@ def run_checks(rows: Sequence[Mapping], checks: Sequence[Check] = DEFAULT_CHECKS
     sampled = [r for r in rows if in_sample(str(r["request_id"]), rate) and int(r.get("http_status") or 0) < 400]
     with_text = [r for r in sampled if r.get("completion") is not None]
     if sampled and not with_text:
-        raise SpecError("the request log holds no completion text: start the gateway with text capture on (request log capture_text=True) to run quality checks")
+        raise SpecError(
+            "the request log holds no completion text: start the gateway with text capture on (request log capture_text=True) to run quality checks"
+        )
     return [
-        CheckResult(str(r["request_id"]), float(r.get("finished_at") or r["started_at"]), check.name, *check(r.get("prompt") or "", r["completion"]))
+        CheckResult(
+            str(r["request_id"]),
+            float(r.get("finished_at") or r["started_at"]),
+            check.name,
+            *check(r.get("prompt") or "", r["completion"]),
+        )
         for r in with_text
         for check in checks
     ]
@@ -201,7 +210,8 @@ def status(name: str, points: Sequence[RollingPoint], *, at_least: float, min_co
     observations; `insufficient data` when the window holds fewer (one bad rating is not a trend)."""
     if not points or points[-1].count < min_count:
         last = points[-1] if points else None
-        return MonitorStatus(name, last.value if last else None, last.count if last else 0, at_least, "insufficient data")
+        return MonitorStatus(
+            name, last.value if last else None, last.count if last else 0, at_least, "insufficient data"
+        )
     last = points[-1]
     return MonitorStatus(name, last.value, last.count, at_least, "ok" if last.value >= at_least else "alert")
-

@@ -86,8 +86,10 @@ def database_path(url: str | Path | None = None) -> Path:
     text = str(url)
     if "://" in text:
         if not text.startswith("sqlite:///"):
-            raise SpecError(f"request log URL {text!r} is not supported: use sqlite:///path/to/file.sqlite or a plain path")
-        text = text[len("sqlite:///"):]
+            raise SpecError(
+                f"request log URL {text!r} is not supported: use sqlite:///path/to/file.sqlite or a plain path"
+            )
+        text = text[len("sqlite:///") :]
     return Path(text).expanduser().resolve()
 
 
@@ -159,7 +161,9 @@ class RequestLog:
         self._queue.put(("stop", None))
         self._writer.join()
 
-    def _select(self, table: str, time_column: str, since: float | None, until: float | None, deployment: str | None) -> list[dict]:
+    def _select(
+        self, table: str, time_column: str, since: float | None, until: float | None, deployment: str | None
+    ) -> list[dict]:
         where, args = [], []
         if since is not None:
             where.append(f"{time_column} >= ?")
@@ -168,7 +172,11 @@ class RequestLog:
             where.append(f"{time_column} <= ?")
             args.append(until)
         if deployment is not None:
-            where.append("deployment = ?" if table == "requests" else "request_id IN (SELECT request_id FROM requests WHERE deployment = ?)")
+            where.append(
+                "deployment = ?"
+                if table == "requests"
+                else "request_id IN (SELECT request_id FROM requests WHERE deployment = ?)"
+            )
             args.append(deployment)
         sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {time_column}"
         with self._connect() as db:
@@ -194,10 +202,14 @@ class RequestLog:
             if not missing:
                 return rows
             if time.monotonic() > deadline:
-                raise LLMOpsError(f"{len(missing)} request(s) not in the log at {self.path} after {timeout_s:.0f} s, e.g. {min(missing)}: is the gateway still running?")
+                raise LLMOpsError(
+                    f"{len(missing)} request(s) not in the log at {self.path} after {timeout_s:.0f} s, e.g. {min(missing)}: is the gateway still running?"
+                )
             time.sleep(0.1)
 
-    def feedback_rows(self, since: float | None = None, until: float | None = None, deployment: str | None = None) -> list[dict]:
+    def feedback_rows(
+        self, since: float | None = None, until: float | None = None, deployment: str | None = None
+    ) -> list[dict]:
         """Feedback rows created in [since, until], optionally about requests of one deployment."""
         return self._select("feedback", "created_at", since, until, deployment)
 

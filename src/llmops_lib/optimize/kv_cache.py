@@ -39,7 +39,9 @@ def _bytes_per_cell(info: GGUFInfo, cache_type_k: str, cache_type_v: str) -> flo
     for kind in (cache_type_k, cache_type_v):
         if kind not in KV_BYTES_PER_ELEMENT:
             raise SpecError(f"unknown KV-cache type {kind!r}; use one of {', '.join(KV_BYTES_PER_ELEMENT)}")
-    return info.head_count_kv * info.head_dim * (KV_BYTES_PER_ELEMENT[cache_type_k] + KV_BYTES_PER_ELEMENT[cache_type_v])
+    return (
+        info.head_count_kv * info.head_dim * (KV_BYTES_PER_ELEMENT[cache_type_k] + KV_BYTES_PER_ELEMENT[cache_type_v])
+    )
 
 
 @lru_cache(maxsize=8)
@@ -149,9 +151,13 @@ def logged_kv_cache_bytes(log_text: str) -> int:
 
 # A long shared prefix (an operations log, ~1,100 tokens) and questions about it: the shape of
 # retrieval-augmented and system-prompt-heavy traffic, where every request repeats the same start.
-SHARED_PREFIX = "Operations log of the checkout service.\n" + "\n".join(
-    f"Record {i}: {i * 37 % 1000} requests, median latency {i * 13 % 200} ms, {i % 7} errors." for i in range(48)
-) + "\n"
+SHARED_PREFIX = (
+    "Operations log of the checkout service.\n"
+    + "\n".join(
+        f"Record {i}: {i * 37 % 1000} requests, median latency {i * 13 % 200} ms, {i % 7} errors." for i in range(48)
+    )
+    + "\n"
+)
 PREFIX_QUESTIONS = (
     "Question: Which record had the most errors?\nAnswer:",
     "Question: What was the median latency of record 7?\nAnswer:",
@@ -177,14 +183,20 @@ class PrefixCacheRun:
 
 
 def measure_prefix_cache(
-    server: LlamaServer, questions: Sequence[str] = PREFIX_QUESTIONS, *, prefix: str = SHARED_PREFIX, max_tokens: int = 8
+    server: LlamaServer,
+    questions: Sequence[str] = PREFIX_QUESTIONS,
+    *,
+    prefix: str = SHARED_PREFIX,
+    max_tokens: int = 8,
 ) -> list[PrefixCacheRun]:
     """TTFT of each question after the prefix, uncached and then served from llama-server's cache.
 
     Cold requests start with a distinct line, so no cached prefix matches; warm requests follow one
     request that put the plain prefix in the slot's cache (llama-server's `cache_prompt`, on by default).
     """
-    cold = [server.complete_with_timings(f"Copy {i}.\n{prefix}{q}", max_tokens=max_tokens) for i, q in enumerate(questions)]
+    cold = [
+        server.complete_with_timings(f"Copy {i}.\n{prefix}{q}", max_tokens=max_tokens) for i, q in enumerate(questions)
+    ]
     server.complete(prefix, max_tokens=1)
     warm = [server.complete_with_timings(prefix + q, max_tokens=max_tokens) for q in questions]
     return [

@@ -101,7 +101,9 @@ def scored_windows(n_tokens: int, n_ctx: int) -> list[tuple[int, int]]:
     if n_ctx < 8:
         raise SpecError(f"the perplexity window must be at least 8 tokens, got {n_ctx}")
     if n_tokens < n_ctx:
-        raise SpecError(f"the text has {n_tokens} tokens, fewer than one window of {n_ctx}: use a longer text or a smaller window")
+        raise SpecError(
+            f"the text has {n_tokens} tokens, fewer than one window of {n_ctx}: use a longer text or a smaller window"
+        )
     return [(start, start + n_ctx) for start in range(0, n_tokens - n_ctx + 1, n_ctx)]
 
 
@@ -132,7 +134,9 @@ def score_text(
             window = [llama.token_bos(), *tokens[start + 1 : end]]
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
             # logits at position i predict token i + 1; as llama-perplexity, positions n_ctx/2 … n_ctx - 2
-            scored = _decode(llama, batch, window, n_batch, lambda at: n_ctx // 2 <= at <= n_ctx - 2, f"the window at token {start}")
+            scored = _decode(
+                llama, batch, window, n_batch, lambda at: n_ctx // 2 <= at <= n_ctx - 2, f"the window at token {start}"
+            )
             for logprobs, targets in scored:
                 parts.append(_score_rows(logprobs, targets, keep_top_k, reference, done))
                 done += len(targets)
@@ -140,10 +144,15 @@ def score_text(
         llama_cpp.llama_batch_free(batch)
         llama.reset()  # the Llama object's own token bookkeeping no longer matches its cache
     if reference is not None and done != len(reference.token_logprobs):
-        raise SpecError(f"the reference scored {len(reference.token_logprobs)} tokens and this model {done}: score the same text and window")
+        raise SpecError(
+            f"the reference scored {len(reference.token_logprobs)} tokens and this model {done}: score the same text and window"
+        )
     return TextScores(
         *(np.concatenate([getattr(p, name) for p in parts]) for name in ("token_logprobs", "top_ids", "top_logprobs")),
-        *(np.concatenate([getattr(p, name) for p in parts]) if reference is not None else None for name in ("kl", "same_top")),
+        *(
+            np.concatenate([getattr(p, name) for p in parts]) if reference is not None else None
+            for name in ("kl", "same_top")
+        ),
     )
 
 
@@ -206,11 +215,20 @@ def continuation_logprobs(llama: Llama, prompt: str, continuation: str) -> np.nd
     if first >= len(tokens):
         raise SpecError("the continuation is empty: there is nothing to score")
     if len(tokens) > llama.n_ctx():
-        raise SpecError(f"prompt and continuation take {len(tokens)} tokens, more than the context of {llama.n_ctx()}: load the model with a larger n_ctx")
+        raise SpecError(
+            f"prompt and continuation take {len(tokens)} tokens, more than the context of {llama.n_ctx()}: load the model with a larger n_ctx"
+        )
     batch = llama_cpp.llama_batch_init(llama.n_batch, 0, 1)
     try:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
-        scored = _decode(llama, batch, tokens, llama.n_batch, lambda at: first - 1 <= at <= len(tokens) - 2, "the prompt and completion")
+        scored = _decode(
+            llama,
+            batch,
+            tokens,
+            llama.n_batch,
+            lambda at: first - 1 <= at <= len(tokens) - 2,
+            "the prompt and completion",
+        )
         scores = [logprobs[np.arange(len(targets)), targets] for logprobs, targets in scored]
     finally:
         llama_cpp.llama_batch_free(batch)

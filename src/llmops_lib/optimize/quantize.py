@@ -59,10 +59,14 @@ class Variant:
         """`Q4_K_M` or `Q4_K_M/embd:Q4_0` (case-insensitive); unknown types are refused with the accepted list."""
         qtype, _, embedding = text.strip().upper().partition("/EMBD:")
         if qtype not in QUANT_TYPES + (REFERENCE, *FLOAT_TYPES):
-            raise SpecError(f"unknown quantization type {text.strip()!r}; use one of {', '.join(QUANT_TYPES + FLOAT_TYPES)} or {REFERENCE} "
-                            f"(optionally with /embd:<{'|'.join(EMBEDDING_TYPES)}>)")
+            raise SpecError(
+                f"unknown quantization type {text.strip()!r}; use one of {', '.join(QUANT_TYPES + FLOAT_TYPES)} or {REFERENCE} "
+                f"(optionally with /embd:<{'|'.join(EMBEDDING_TYPES)}>)"
+            )
         if embedding and embedding not in EMBEDDING_TYPES:
-            raise SpecError(f"unknown token-embedding type {embedding!r} in {text!r}; use one of {', '.join(EMBEDDING_TYPES)}")
+            raise SpecError(
+                f"unknown token-embedding type {embedding!r} in {text!r}; use one of {', '.join(EMBEDDING_TYPES)}"
+            )
         return cls(qtype, embedding or None)
 
     @property
@@ -106,8 +110,10 @@ def _write_atomically(target: Path, write: Callable[[Path], object], what: str, 
     except (OSError, ModelError) as exc:
         # llama.cpp reports a full disk as a failed or short write, not as ENOSPC: check the space too
         if getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(target.parent).free < 64 << 20:
-            raise ModelError(f"no space left on the device of {target.parent} while writing {what}: "
-                             "free space or point LLMOPS_HOME elsewhere") from exc
+            raise ModelError(
+                f"no space left on the device of {target.parent} while writing {what}: "
+                "free space or point LLMOPS_HOME elsewhere"
+            ) from exc
         raise ModelError(f"could not write {what} to {target}: {exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
@@ -182,7 +188,6 @@ def _ftype(name: str) -> int:
 
 def quantize(reference: Path, variant: Variant, *, threads: int | None = None) -> Path:
     """Quantize the F16 `reference` to `variant` with llama.cpp's quantizer (kept on disk, made once)."""
-    import llama_cpp
 
     if variant.qtype == REFERENCE and variant.embedding is None:
         return Path(reference)
@@ -192,7 +197,9 @@ def quantize(reference: Path, variant: Variant, *, threads: int | None = None) -
         return target
 
     def write(partial: Path) -> None:
-        llama_quantize(reference, partial, variant.qtype, embedding=variant.embedding, threads=threads or default_threads())
+        llama_quantize(
+            reference, partial, variant.qtype, embedding=variant.embedding, threads=threads or default_threads()
+        )
 
     return _write_atomically(target, write, f"the {variant.label} model")
 
@@ -220,7 +227,13 @@ def _stderr_to(log: Path) -> Iterator[None]:
 
 
 def llama_quantize(
-    source: Path, partial: Path, file_type: str, *, embedding: str | None = None, threads: int = 1, allow_requantize: bool = False
+    source: Path,
+    partial: Path,
+    file_type: str,
+    *,
+    embedding: str | None = None,
+    threads: int = 1,
+    allow_requantize: bool = False,
 ) -> None:
     """Run llama.cpp's quantizer from `source` into `partial`.
 
@@ -312,8 +325,14 @@ def cache_dir() -> Path:
 class Quantizer:
     """Quantizes one source model to many variants and measures each against its F16 reference."""
 
-    def __init__(self, source: Path, *, text: str | None = None, quant_settings: QuantSettings | None = None,
-                 cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        source: Path,
+        *,
+        text: str | None = None,
+        quant_settings: QuantSettings | None = None,
+        cache: Path | None = None,
+    ) -> None:
         self.source = Path(source)
         inspect_gguf(self.source)  # a missing or non-GGUF source fails here, with a ModelError
         self.source_sha256 = sha256_file(self.source)
@@ -323,9 +342,14 @@ class Quantizer:
         self._reference_scores: TextScores | None = None
 
     def _key(self, variant: Variant) -> str:
-        return cache_key(method=_METHOD, source=self.source_sha256, variant=variant.label,
-                         text=hashlib.sha256(self.text.encode()).hexdigest(), settings=asdict(self.settings),
-                         llama_cpp=version("llama-cpp-python"))
+        return cache_key(
+            method=_METHOD,
+            source=self.source_sha256,
+            variant=variant.label,
+            text=hashlib.sha256(self.text.encode()).hexdigest(),
+            settings=asdict(self.settings),
+            llama_cpp=version("llama-cpp-python"),
+        )
 
     def reference_path(self) -> Path:
         return dequantize_to_f16(self.source, self.source_sha256)
@@ -342,8 +366,12 @@ class Quantizer:
             return cached
         scores, timing = self._run(path, reference=self._reference_scores)
         result = self._result(variant, path, scores, timing, reference_ppl=reference.perplexity)
-        _write_atomically(stored, lambda partial: partial.write_text(json.dumps(asdict(result), indent=1) + "\n"),
-                          "a cached result", gguf=False)
+        _write_atomically(
+            stored,
+            lambda partial: partial.write_text(json.dumps(asdict(result), indent=1) + "\n"),
+            "a cached result",
+            gguf=False,
+        )
         return result
 
     def compare(self, variants: Sequence[Variant | str], *, progress: bool = True) -> list[QuantResult]:
@@ -376,11 +404,17 @@ class Quantizer:
 
         def save_arrays(partial: Path) -> None:
             with partial.open("wb") as out:  # a file object: given a name, numpy would append ".npz"
-                np.savez(out, token_logprobs=scores.token_logprobs, top_ids=scores.top_ids, top_logprobs=scores.top_logprobs)
+                np.savez(
+                    out, token_logprobs=scores.token_logprobs, top_ids=scores.top_ids, top_logprobs=scores.top_logprobs
+                )
 
         _write_atomically(arrays, save_arrays, "the reference's log-probabilities", gguf=False)
-        _write_atomically(stored, lambda partial: partial.write_text(json.dumps(asdict(result), indent=1) + "\n"),
-                          "a cached result", gguf=False)
+        _write_atomically(
+            stored,
+            lambda partial: partial.write_text(json.dumps(asdict(result), indent=1) + "\n"),
+            "a cached result",
+            gguf=False,
+        )
         return result
 
     def _run(self, path: Path, *, reference: TextScores | None, keep_top_k: int = 1) -> tuple[TextScores, dict]:
@@ -390,14 +424,32 @@ class Quantizer:
         clock = time.perf_counter()
         with InProcessEngine(spec) as engine:
             load_s = time.perf_counter() - clock
-            scores = score_text(engine.llama, self.text, n_ctx=self.settings.n_ctx, keep_top_k=keep_top_k, reference=reference)
-            done = engine.complete(self.text[: self.settings.prompt_chars], max_tokens=self.settings.generate_tokens, ignore_eos=True)
-        return scores, {"load_s": load_s, "prompt_tokens_per_s": done.prompt_tokens_per_s,
-                        "generation_tokens_per_s": done.generation_tokens_per_s}
+            scores = score_text(
+                engine.llama, self.text, n_ctx=self.settings.n_ctx, keep_top_k=keep_top_k, reference=reference
+            )
+            done = engine.complete(
+                self.text[: self.settings.prompt_chars], max_tokens=self.settings.generate_tokens, ignore_eos=True
+            )
+        return scores, {
+            "load_s": load_s,
+            "prompt_tokens_per_s": done.prompt_tokens_per_s,
+            "generation_tokens_per_s": done.generation_tokens_per_s,
+        }
 
-    def _result(self, variant: Variant, path: Path, scores: TextScores, timing: dict, *, reference_ppl: float) -> QuantResult:
+    def _result(
+        self, variant: Variant, path: Path, scores: TextScores, timing: dict, *, reference_ppl: float
+    ) -> QuantResult:
         kl = float(scores.kl.mean()) if scores.kl is not None else 0.0
         same = float(scores.same_top.mean()) if scores.same_top is not None else 1.0
-        return QuantResult(variant=variant.label, path=str(path), sha256=sha256_file(path), file_bytes=path.stat().st_size,
-                           perplexity=scores.perplexity, delta_ppl=scores.perplexity - reference_ppl, kl_divergence=kl,
-                           same_top_token=same, scored_tokens=len(scores.token_logprobs), **timing)
+        return QuantResult(
+            variant=variant.label,
+            path=str(path),
+            sha256=sha256_file(path),
+            file_bytes=path.stat().st_size,
+            perplexity=scores.perplexity,
+            delta_ppl=scores.perplexity - reference_ppl,
+            kl_divergence=kl,
+            same_top_token=same,
+            scored_tokens=len(scores.token_logprobs),
+            **timing,
+        )

@@ -66,12 +66,23 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("edit code", "copy-heavy",
-                 f"Rename the variable `results` to `outcomes` in this code.\n\nOriginal:\n```python\n{_CODE}```\n\nRewritten:\n```python\n",
-                 stop=("```",)),
-        Workload("edit text", "copy-heavy",
-                 f"Fix the punctuation of this paragraph.\n\nOriginal:\n{_TEXT}\n\nCorrected:\n", stop=("\n\n",)),
-        Workload("free text", "free text", "Write a short story about a lighthouse keeper who finds a message in a bottle.\n\n"),
+        Workload(
+            "edit code",
+            "copy-heavy",
+            f"Rename the variable `results` to `outcomes` in this code.\n\nOriginal:\n```python\n{_CODE}```\n\nRewritten:\n```python\n",
+            stop=("```",),
+        ),
+        Workload(
+            "edit text",
+            "copy-heavy",
+            f"Fix the punctuation of this paragraph.\n\nOriginal:\n{_TEXT}\n\nCorrected:\n",
+            stop=("\n\n",),
+        ),
+        Workload(
+            "free text",
+            "free text",
+            "Write a short story about a lighthouse keeper who finds a message in a bottle.\n\n",
+        ),
         Workload("explain", "free text", "The three most common causes of latency in a web service are"),
     )
 }
@@ -198,14 +209,23 @@ def compare(
     warm_up(plain, speculative)
     rows = []
     for workload in workloads:
-        pairs = [(generate(plain, workload, max_tokens), generate(speculative, workload, max_tokens)) for _ in range(repeats)]
+        pairs = [
+            (generate(plain, workload, max_tokens), generate(speculative, workload, max_tokens)) for _ in range(repeats)
+        ]
         base, fast = [b for b, _ in pairs], [f for _, f in pairs]
-        rows.append(Comparison(
-            workload.name, workload.kind,
-            median(g.tokens_per_s for g in base), median(g.tokens_per_s for g in fast),
-            fast[0].timings.draft_n, fast[0].timings.draft_n_accepted, all(b.text == f.text for b, f in pairs),
-            median(g.timings.prompt_ms for g in base) / 1000, median(g.timings.prompt_ms for g in fast) / 1000,
-        ))
+        rows.append(
+            Comparison(
+                workload.name,
+                workload.kind,
+                median(g.tokens_per_s for g in base),
+                median(g.tokens_per_s for g in fast),
+                fast[0].timings.draft_n,
+                fast[0].timings.draft_n_accepted,
+                all(b.text == f.text for b, f in pairs),
+                median(g.timings.prompt_ms for g in base) / 1000,
+                median(g.timings.prompt_ms for g in fast) / 1000,
+            )
+        )
     return rows
 
 

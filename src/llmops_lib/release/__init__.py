@@ -13,10 +13,31 @@ Explained in: book/chapters/04_delivery/canary_release
 from llmops_lib.release.controller import Controller, rollback_to
 from llmops_lib.release.hooks import Hook
 from llmops_lib.release.registry import ModelRecord, Registry
-from llmops_lib.release.rollout import HookSpec, MetricSpec, Pause, RolloutSpec, SetWeight, load_rollout, standard_canary, steps_from_text
+from llmops_lib.release.rollout import (
+    HookSpec,
+    MetricSpec,
+    Pause,
+    RolloutSpec,
+    SetWeight,
+    load_rollout,
+    standard_canary,
+    steps_from_text,
+)
 from llmops_lib.release.state import RolloutStore
 
 __all__ = [
-    "Controller", "Hook", "HookSpec", "MetricSpec", "ModelRecord", "Pause", "Registry", "RolloutSpec", "RolloutStore",
-    "SetWeight", "load_rollout", "rollback_to", "standard_canary", "steps_from_text",
+    "Controller",
+    "Hook",
+    "HookSpec",
+    "MetricSpec",
+    "ModelRecord",
+    "Pause",
+    "Registry",
+    "RolloutSpec",
+    "RolloutStore",
+    "SetWeight",
+    "load_rollout",
+    "rollback_to",
+    "standard_canary",
+    "steps_from_text",
 ]

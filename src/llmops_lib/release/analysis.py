@@ -37,7 +37,14 @@ SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR, RUNNING = "Successful", "Failed", "Inco
 # --- conditions --------------------------------------------------------------------------------
 
 _NAMES = ("result", "baseline")
-_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne}
+_COMPARE = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -65,9 +72,17 @@ def _evaluate(node: ast.AST, names: Mapping[str, float]) -> Any:
                 return False
             left = right
         return True
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1 and not node.keywords:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "abs"
+        and len(node.args) == 1
+        and not node.keywords
+    ):
         return abs(_evaluate(node.args[0], names))
-    raise SpecError(f"{ast.unparse(node)!r} is not allowed in a condition: use numbers, result, baseline, + - * /, comparisons, and/or/not, abs()")
+    raise SpecError(
+        f"{ast.unparse(node)!r} is not allowed in a condition: use numbers, result, baseline, + - * /, comparisons, and/or/not, abs()"
+    )
 
 
 def check_condition(text: str, what: str) -> ast.Expression:
@@ -87,7 +102,12 @@ def check_condition(text: str, what: str) -> ast.Expression:
 
 def holds(text: str, result: float, baseline: float | None) -> bool:
     """Whether condition `text` holds for these values (`baseline` may be None if it is not used)."""
-    return bool(_evaluate(check_condition(text, "condition"), {"result": result, "baseline": baseline if baseline is not None else math.nan}))
+    return bool(
+        _evaluate(
+            check_condition(text, "condition"),
+            {"result": result, "baseline": baseline if baseline is not None else math.nan},
+        )
+    )
 
 
 def judge(metric: MetricSpec, result: float, baseline: float | None) -> str:
@@ -155,8 +175,11 @@ def _latency(column: str, q: float) -> Callable[[Sequence[Mapping]], Reading]:
 
 def _tpot(rows: Sequence[Mapping]) -> Reading:
     """Mean time per output token after the first (vLLM's TPOT) over requests with 2+ tokens."""
-    values = [(r["latency_s"] - r["ttft_s"]) / (r["gen_ai_usage_output_tokens"] - 1) for r in _ok(rows)
-              if r.get("ttft_s") is not None and (r.get("gen_ai_usage_output_tokens") or 0) > 1]
+    values = [
+        (r["latency_s"] - r["ttft_s"]) / (r["gen_ai_usage_output_tokens"] - 1)
+        for r in _ok(rows)
+        if r.get("ttft_s") is not None and (r.get("gen_ai_usage_output_tokens") or 0) > 1
+    ]
     return Reading(sum(values) / len(values) if values else None, len(values))
 
 
@@ -178,7 +201,9 @@ PROMETHEUS_QUERIES = ("error_rate", "request_count", "mean_latency_s")
 def _perplexity(target: Target) -> float:
     """Perplexity of the target version's model file on the shipped held-out text (lower is better)."""
     if target.version is None or target.version.format != "gguf":
-        raise LLMOpsError(f"deployment {target.deployment!r} has no registered GGUF version to score: register it first")
+        raise LLMOpsError(
+            f"deployment {target.deployment!r} has no registered GGUF version to score: register it first"
+        )
     return held_out_perplexity(target.version.path, target.version.sha256)
 
 
@@ -239,8 +264,10 @@ class RequestLogProvider:
 
         if not self.path.exists():
             return []
-        sql = {"requests": "SELECT * FROM requests WHERE finished_at >= ? AND finished_at < ?",
-               "feedback": "SELECT f.score, r.deployment FROM feedback f JOIN requests r USING (request_id) WHERE f.created_at >= ? AND f.created_at < ?"}[table]
+        sql = {
+            "requests": "SELECT * FROM requests WHERE finished_at >= ? AND finished_at < ?",
+            "feedback": "SELECT f.score, r.deployment FROM feedback f JOIN requests r USING (request_id) WHERE f.created_at >= ? AND f.created_at < ?",
+        }[table]
         db = sqlite3.connect(self.path, timeout=30)
         try:
             db.row_factory = sqlite3.Row
@@ -355,7 +382,9 @@ class Measurement:
         return asdict(self)
 
 
-def measure(metric: MetricSpec, provider: Any, canary: Target, stable: Target, since: float, until: float) -> Measurement | None:
+def measure(
+    metric: MetricSpec, provider: Any, canary: Target, stable: Target, since: float, until: float
+) -> Measurement | None:
     """Take one measurement of `metric` over [since, until); None when `on_missing` is `skip` and data is missing."""
     import time
 
@@ -365,14 +394,23 @@ def measure(metric: MetricSpec, provider: Any, canary: Target, stable: Target, s
         return Measurement(metric.name, ERROR, since, until, message=f"{type(exc).__name__}: {exc}"[:300])
     result = readings[0]
     baseline = readings[1] if len(readings) > 1 else Reading(None, 0)
-    measurement = Measurement(metric.name, RUNNING, since, until, result.value, baseline.value, result.samples, baseline.samples)
-    missing = result.value is None or result.samples < metric.min_samples or (metric.needs_baseline and baseline.value is None)
+    measurement = Measurement(
+        metric.name, RUNNING, since, until, result.value, baseline.value, result.samples, baseline.samples
+    )
+    missing = (
+        result.value is None
+        or result.samples < metric.min_samples
+        or (metric.needs_baseline and baseline.value is None)
+    )
     if missing:
         if metric.on_missing == "skip":
             return None
-        measurement.phase = {"inconclusive": INCONCLUSIVE, "failed": FAILED, "successful": SUCCESSFUL}[metric.on_missing]
+        measurement.phase = {"inconclusive": INCONCLUSIVE, "failed": FAILED, "successful": SUCCESSFUL}[
+            metric.on_missing
+        ]
         measurement.message = f"missing data: {result.samples} canary samples (need {metric.min_samples})" + (
-            ", no baseline" if metric.needs_baseline and baseline.value is None else "")
+            ", no baseline" if metric.needs_baseline and baseline.value is None else ""
+        )
     else:
         measurement.phase = judge(metric, result.value, baseline.value)
     measurement.finished_at = time.time()  # an evaluation can take a while: when the verdict was known
@@ -394,7 +432,9 @@ class MetricStatus:
     def add(self, measurement: Measurement) -> None:
         self.measured += 1
         self.last_at = measurement.finished_at
-        field = {SUCCESSFUL: "successful", FAILED: "failed", INCONCLUSIVE: "inconclusive", ERROR: "errors"}[measurement.phase]
+        field = {SUCCESSFUL: "successful", FAILED: "failed", INCONCLUSIVE: "inconclusive", ERROR: "errors"}[
+            measurement.phase
+        ]
         setattr(self, field, getattr(self, field) + 1)
         self.consecutive_errors = self.consecutive_errors + 1 if measurement.phase == ERROR else 0
 
@@ -408,13 +448,19 @@ def outcome(metrics: Sequence[MetricSpec], status: Mapping[str, MetricStatus]) -
     for metric in metrics:
         s = status.get(metric.name, MetricStatus())
         if s.failed > metric.failure_limit:
-            return FAILED, f"{metric.name}: {s.failed} failed measurements, more than failureLimit {metric.failure_limit}"
+            return (
+                FAILED,
+                f"{metric.name}: {s.failed} failed measurements, more than failureLimit {metric.failure_limit}",
+            )
         if s.consecutive_errors > metric.consecutive_error_limit:
             return FAILED, f"{metric.name}: {s.consecutive_errors} measurements in a row could not be taken"
     for metric in metrics:
         s = status.get(metric.name, MetricStatus())
         if s.inconclusive > metric.inconclusive_limit:
-            return INCONCLUSIVE, f"{metric.name}: {s.inconclusive} inconclusive measurements, more than inconclusiveLimit {metric.inconclusive_limit}"
+            return (
+                INCONCLUSIVE,
+                f"{metric.name}: {s.inconclusive} inconclusive measurements, more than inconclusiveLimit {metric.inconclusive_limit}",
+            )
     # a metric with no count still needs one real measurement: no data is never a pass
     pending = [m.name for m in metrics if _taken(status.get(m.name, MetricStatus())) < (m.count or 1)]
     if pending:

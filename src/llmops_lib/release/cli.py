@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from llmops_lib.errors import LLMOpsError, SpecError
 from llmops_lib.runbooks import ExitCode
 
-rollout_app = typer.Typer(help="Canary releases behind the gateway: run, watch, promote, abort, undo.", no_args_is_help=True)
-registry_app = typer.Typer(help="The model registry (MLflow): register verified versions, move aliases.", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Canary releases behind the gateway: run, watch, promote, abort, undo.", no_args_is_help=True
+)
+registry_app = typer.Typer(
+    help="The model registry (MLflow): register verified versions, move aliases.", no_args_is_help=True
+)
 
 WhyOption = Annotated[str, typer.Option("--why", help="Why (kept in the audit trail).")]
 
@@ -40,8 +44,13 @@ def _end(state) -> None:  # noqa: ANN001 - RolloutState
 @rollout_app.command("run")
 def rollout_run(
     spec: Annotated[Path, typer.Argument(help="Rollout spec (YAML, see deploy/rollouts/).")],
-    gateway: Annotated[str, typer.Option(help="Gateway base URL (admin key from LLMOPS_GATEWAY_ADMIN_KEY).")] = "http://127.0.0.1:8000",
-    request_log: Annotated[Optional[str], typer.Option(help="The gateway's request log (path or sqlite:///). Default: LLMOPS_HOME/requests.sqlite.")] = None,
+    gateway: Annotated[
+        str, typer.Option(help="Gateway base URL (admin key from LLMOPS_GATEWAY_ADMIN_KEY).")
+    ] = "http://127.0.0.1:8000",
+    request_log: Annotated[
+        str | None,
+        typer.Option(help="The gateway's request log (path or sqlite:///). Default: LLMOPS_HOME/requests.sqlite."),
+    ] = None,
     poll: Annotated[float, typer.Option(help="Seconds between reconciliations.")] = 1.0,
 ) -> None:
     """Check the spec against the registry and the gateway, then drive the rollout to promotion or rollback."""
@@ -57,7 +66,9 @@ def rollout_run(
 
 
 @rollout_app.command("resume")
-def rollout_resume(name: str, poll: Annotated[float, typer.Option(help="Seconds between reconciliations.")] = 1.0) -> None:
+def rollout_resume(
+    name: str, poll: Annotated[float, typer.Option(help="Seconds between reconciliations.")] = 1.0
+) -> None:
     """Start the controller of a rollout whose controller died: it resumes (or aborts, per onRestart)."""
     from llmops_lib.release.controller import Controller
 
@@ -70,7 +81,7 @@ def rollout_resume(name: str, poll: Annotated[float, typer.Option(help="Seconds 
 
 @rollout_app.command("status")
 def rollout_status(
-    name: Annotated[Optional[str], typer.Argument(help="Rollout name. Default: list every rollout.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Rollout name. Default: list every rollout.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
     events: Annotated[int, typer.Option(help="How many recent audit events to show.")] = 8,
 ) -> None:
@@ -82,7 +93,9 @@ def rollout_status(
     if name is None:
         for known in list_rollouts():
             state = RolloutStore(known).load()
-            typer.echo(f"{known}: {state.phase} (v{state.candidate_version} over v{state.stable_version}, canary {state.canary_weight} %)")
+            typer.echo(
+                f"{known}: {state.phase} (v{state.candidate_version} over v{state.stable_version}, canary {state.canary_weight} %)"
+            )
         return
     try:
         store = RolloutStore(name)
@@ -93,7 +106,9 @@ def rollout_status(
         typer.echo(json.dumps(asdict(state), indent=2))
         return
     steps = len(state.spec["steps"])
-    typer.echo(f"{name}: {state.phase} · step {min(state.step_index + 1, steps)}/{steps} · canary v{state.candidate_version} at {state.canary_weight} % · stable v{state.stable_version}")
+    typer.echo(
+        f"{name}: {state.phase} · step {min(state.step_index + 1, steps)}/{steps} · canary v{state.candidate_version} at {state.canary_weight} % · stable v{state.stable_version}"
+    )
     typer.echo(f"  {state.message}")
     for metric, counts in state.metrics.items():
         typer.echo(f"  {metric}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "last_at"))
@@ -113,8 +128,11 @@ def _operate(name: str, action: str, **kwargs: object):  # noqa: ANN202 - Rollou
 
 
 @rollout_app.command("promote")
-def rollout_promote(name: str, full: Annotated[bool, typer.Option(help="Promote now, skipping remaining steps and analysis.")] = False,
-                    why: WhyOption = "promoted by an operator") -> None:
+def rollout_promote(
+    name: str,
+    full: Annotated[bool, typer.Option(help="Promote now, skipping remaining steps and analysis.")] = False,
+    why: WhyOption = "promoted by an operator",
+) -> None:
     """Go on from a pause (or, with --full, promote at once)."""
     state = _operate(name, "promote", full=full, why=why)
     typer.echo(f"{name}: {state.phase} — {state.message}")
@@ -138,8 +156,10 @@ def rollout_undo(name: str, why: WhyOption = "undone by an operator") -> None:
 def registry_register(
     name: str,
     artifact: Annotated[Path, typer.Argument(help="GGUF file or Hugging Face folder.")],
-    sha256: Annotated[Optional[str], typer.Option(help="Refuse the artifact unless its sha256 is this.")] = None,
-    metric: Annotated[Optional[list[str]], typer.Option(help="name=value evaluation result; repeat for several.")] = None,
+    sha256: Annotated[str | None, typer.Option(help="Refuse the artifact unless its sha256 is this.")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="name=value evaluation result; repeat for several.")
+    ] = None,
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
 ) -> None:
     """Verify (checksum, real llama.cpp load) and register the next version of a model."""
@@ -161,7 +181,9 @@ def registry_list(name: str) -> None:
 
     for record in Registry().versions(name):
         aliases = f" [{', '.join(record.aliases)}]" if record.aliases else ""
-        typer.echo(f"v{record.version}{aliases}: {Path(record.path).name} sha256 {record.sha256[:12]}… {record.metrics or ''}")
+        typer.echo(
+            f"v{record.version}{aliases}: {Path(record.path).name} sha256 {record.sha256[:12]}… {record.metrics or ''}"
+        )
 
 
 @registry_app.command("alias")

@@ -34,7 +34,15 @@ from llmops_lib.release.hooks import Hook, call_all
 from llmops_lib.release.registry import Registry
 from llmops_lib.release.rollout import Pause, RolloutSpec, SetWeight
 from llmops_lib.release.state import (
-    PAUSED, PENDING, PROGRESSING, PROMOTED, PROMOTING, ROLLED_BACK, ROLLING_BACK, RolloutState, RolloutStore,
+    PAUSED,
+    PENDING,
+    PROGRESSING,
+    PROMOTED,
+    PROMOTING,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RolloutState,
+    RolloutStore,
 )
 
 ADMIN_KEY_ENV = "LLMOPS_GATEWAY_ADMIN_KEY"
@@ -112,30 +120,55 @@ class Controller:
         admin = _admin(gateway_url, admin_key)
         names = [d["name"] for d in _route(admin, spec.model)["deployments"]]
         if spec.stable_deployment not in names:
-            raise SpecError(f"the gateway route {spec.model!r} has no stable deployment {spec.stable_deployment!r} (it has {names})")
+            raise SpecError(
+                f"the gateway route {spec.model!r} has no stable deployment {spec.stable_deployment!r} (it has {names})"
+            )
         if spec.canary_deployment not in names and not spec.canary_url:
-            raise SpecError(f"the gateway route {spec.model!r} has no canary deployment {spec.canary_deployment!r}: "
-                            "add it or give the canary's url in the spec")
+            raise SpecError(
+                f"the gateway route {spec.model!r} has no canary deployment {spec.canary_deployment!r}: "
+                "add it or give the canary's url in the spec"
+            )
         store = RolloutStore(spec.name, store_root)
         with store.locked():
             store.archive()  # refuses while a rollout of this name is unfinished
             if spec.canary_deployment not in names:
                 admin.add_deployment(spec.model, spec.canary_deployment, spec.canary_url, 0)
-            state = RolloutState(name=spec.name, spec=spec.to_dict(), phase=PENDING, candidate_version=candidate.version,
-                                 stable_version=stable.version, started_at=time.time(), gateway_url=gateway_url,
-                                 request_log=request_log, registry_uri=registry.uri)
+            state = RolloutState(
+                name=spec.name,
+                spec=spec.to_dict(),
+                phase=PENDING,
+                candidate_version=candidate.version,
+                stable_version=stable.version,
+                started_at=time.time(),
+                gateway_url=gateway_url,
+                request_log=request_log,
+                registry_uri=registry.uri,
+            )
             store.save(state)
-            store.append({"type": "RolloutStarted", "candidate": candidate.version, "stable": stable.version,
-                          "candidate_sha256": candidate.sha256, "spec": state.spec})
-        controller = cls(spec.name, admin_key=admin_key, hooks=hooks, evaluations=evaluations, store_root=store_root, who=who)
+            store.append(
+                {
+                    "type": "RolloutStarted",
+                    "candidate": candidate.version,
+                    "stable": stable.version,
+                    "candidate_sha256": candidate.sha256,
+                    "spec": state.spec,
+                }
+            )
+        controller = cls(
+            spec.name, admin_key=admin_key, hooks=hooks, evaluations=evaluations, store_root=store_root, who=who
+        )
         controller.registry = registry
         controller._move_alias("canary", candidate.version, f"rollout {spec.name} started")
         return controller
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def run(self, poll_s: float = 0.5, timeout_s: float | None = None,
-            stop_when: Callable[[RolloutState], bool] | None = None) -> RolloutState:
+    def run(
+        self,
+        poll_s: float = 0.5,
+        timeout_s: float | None = None,
+        stop_when: Callable[[RolloutState], bool] | None = None,
+    ) -> RolloutState:
         """Reconcile until the rollout is promoted or rolled back, `stop_when(state)` holds, or
         `timeout_s` passes (a rollout left running can be resumed by the next `run`)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -148,12 +181,18 @@ class Controller:
                     failures = 0
                 except Exception as exc:  # noqa: BLE001 - e.g. the gateway restarting: recorded, retried next tick
                     failures += 1
-                    self.store.append({"type": "ReconcileFailed", "error": f"{type(exc).__name__}: {exc}"[:500], "in_a_row": failures})
+                    self.store.append(
+                        {"type": "ReconcileFailed", "error": f"{type(exc).__name__}: {exc}"[:500], "in_a_row": failures}
+                    )
                     if failures >= MAX_FAILED_RECONCILES:
                         raise
                     time.sleep(poll_s)
                     continue
-                if state.done or (stop_when and stop_when(state)) or (deadline is not None and time.monotonic() > deadline):
+                if (
+                    state.done
+                    or (stop_when and stop_when(state))
+                    or (deadline is not None and time.monotonic() > deadline)
+                ):
                     self._hand_over()
                     return state
                 time.sleep(poll_s)
@@ -170,17 +209,31 @@ class Controller:
         with self.store.locked():
             state = self.store.load()
             previous = state.controller
-            state.controller = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "heartbeat": time.time()}
+            state.controller = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.time(),
+                "heartbeat": time.time(),
+            }
             if state.done or not previous:
                 self.store.save(state)
                 return
             gap = time.time() - previous.get("heartbeat", time.time())
             if self.spec.on_restart == "abort":
-                self._audit(state, "ControllerRestarted", action="abort", previous_pid=previous.get("pid"), gap_s=round(gap, 3))
+                self._audit(
+                    state, "ControllerRestarted", action="abort", previous_pid=previous.get("pid"), gap_s=round(gap, 3)
+                )
                 self._begin_rollback(state, "controller restarted and the spec says onRestart: abort")
             else:
-                self._audit(state, "ControllerRestarted", action="resume", previous_pid=previous.get("pid"), gap_s=round(gap, 3),
-                            step_index=state.step_index, canary_weight=state.canary_weight)
+                self._audit(
+                    state,
+                    "ControllerRestarted",
+                    action="resume",
+                    previous_pid=previous.get("pid"),
+                    gap_s=round(gap, 3),
+                    step_index=state.step_index,
+                    canary_weight=state.canary_weight,
+                )
                 if state.phase in (PROGRESSING, PAUSED) and state.step_index >= 0:
                     try:  # the dead controller may have moved the weight without saving that it had
                         self._set_weight(state, self.spec.weight_after(state.step_index))
@@ -239,7 +292,9 @@ class Controller:
                     self._pause(state, "step", f"paused at step {state.step_index}: promote to go on")
                     return
                 if time.time() - state.step_started_at < step.duration_s:
-                    state.message = f"step {state.step_index}: pause {step.duration_s:g} s at canary weight {state.canary_weight}"
+                    state.message = (
+                        f"step {state.step_index}: pause {step.duration_s:g} s at canary weight {state.canary_weight}"
+                    )
                     return
             self._enter(state, state.step_index + 1)
         if phase != analysis.SUCCESSFUL:
@@ -283,8 +338,16 @@ class Controller:
         if self._targets is None:
             urls = {d["name"]: d["url"] for d in _route(self.admin, self.spec.model)["deployments"]}
             self._targets = (
-                analysis.Target(self.spec.canary_deployment, urls.get(self.spec.canary_deployment), self.registry.get(self.spec.model, state.candidate_version)),
-                analysis.Target(self.spec.stable_deployment, urls.get(self.spec.stable_deployment), self.registry.get(self.spec.model, state.stable_version)),
+                analysis.Target(
+                    self.spec.canary_deployment,
+                    urls.get(self.spec.canary_deployment),
+                    self.registry.get(self.spec.model, state.candidate_version),
+                ),
+                analysis.Target(
+                    self.spec.stable_deployment,
+                    urls.get(self.spec.stable_deployment),
+                    self.registry.get(self.spec.model, state.stable_version),
+                ),
             )
         return self._targets
 
@@ -310,7 +373,14 @@ class Controller:
             measurement = analysis.measure(metric, provider, canary, stable, since, now)
             if measurement is None:
                 status.last_at = now
-                self._audit(state, "MeasurementSkipped", metric=metric.name, since=since, until=now, reason="missing data (onMissing: skip)")
+                self._audit(
+                    state,
+                    "MeasurementSkipped",
+                    metric=metric.name,
+                    since=since,
+                    until=now,
+                    reason="missing data (onMissing: skip)",
+                )
                 continue
             status.add(measurement)
             self._audit(state, "Measurement", canary_weight=state.canary_weight, **measurement.as_dict())
@@ -328,7 +398,9 @@ class Controller:
         if self.spec.canary_deployment in names:
             weights[self.spec.canary_deployment] = canary_weight
         elif canary_weight:  # gone from the route (someone removed it): nothing can be sent there
-            raise SpecError(f"the canary deployment {self.spec.canary_deployment!r} is no longer in the gateway route {self.spec.model!r}")
+            raise SpecError(
+                f"the canary deployment {self.spec.canary_deployment!r} is no longer in the gateway route {self.spec.model!r}"
+            )
         self.admin.set_weights(self.spec.model, weights)
         state.canary_weight = canary_weight
         self._audit(state, "WeightSet", canary_weight=canary_weight, stable_weight=100 - canary_weight)
@@ -352,7 +424,9 @@ class Controller:
     def _complete_promotion(self, state: RolloutState) -> None:
         """Idempotent: a controller that died half-way through runs it again."""
         self._set_weight(state, 100)
-        self._move_alias("previous", state.stable_version, f"rollout {self.spec.name}: v{state.candidate_version} promoted")
+        self._move_alias(
+            "previous", state.stable_version, f"rollout {self.spec.name}: v{state.candidate_version} promoted"
+        )
         self._move_alias("stable", state.candidate_version, f"rollout {self.spec.name} promoted: {state.reason}")
         self._move_alias("canary", None, f"rollout {self.spec.name} promoted")
         self._finish(state, PROMOTED)
@@ -412,7 +486,9 @@ class Controller:
         with self.store.locked():
             state = self.store.load()
             if state.done:
-                raise SpecError(f"rollout {state.name!r} is already {state.phase}: use undo to go back after a promotion")
+                raise SpecError(
+                    f"rollout {state.name!r} is already {state.phase}: use undo to go back after a promotion"
+                )
             self._audit(state, "OperatorAbort", why=why, who=self.who)
             self._begin_rollback(state, f"aborted: {why}")
             self.store.save(state)
@@ -423,11 +499,23 @@ class Controller:
         with self.store.locked():
             state = self.store.load()
             if state.phase != PROMOTED:
-                raise SpecError(f"rollout {state.name!r} is {state.phase}; undo goes back from a promotion (use abort while it runs)")
+                raise SpecError(
+                    f"rollout {state.name!r} is {state.phase}; undo goes back from a promotion (use abort while it runs)"
+                )
             self._audit(state, "OperatorUndo", why=why, who=self.who)
-            rollback_to(self.registry, self.admin, self.spec.model, state.stable_version, self.spec.stable_deployment, why=f"undo of {state.name}: {why}", who=self.who)
+            rollback_to(
+                self.registry,
+                self.admin,
+                self.spec.model,
+                state.stable_version,
+                self.spec.stable_deployment,
+                why=f"undo of {state.name}: {why}",
+                who=self.who,
+            )
             state.phase, state.reason, state.canary_weight = ROLLED_BACK, f"undone: {why}", 0
-            self._audit(state, ROLLED_BACK, reason=state.reason, candidate=state.candidate_version, stable=state.stable_version)
+            self._audit(
+                state, ROLLED_BACK, reason=state.reason, candidate=state.candidate_version, stable=state.stable_version
+            )
             self.store.save(state)
             return state
 
@@ -441,9 +529,16 @@ class Controller:
 
     def _payload(self, state: RolloutState) -> dict[str, Any]:
         """What hooks receive (Flagger sends name, namespace, phase and metadata)."""
-        return {"name": state.name, "model": self.spec.model, "phase": state.phase, "candidate": state.candidate_version,
-                "stable": state.stable_version, "canary_weight": state.canary_weight, "step_index": state.step_index,
-                "reason": state.reason}
+        return {
+            "name": state.name,
+            "model": self.spec.model,
+            "phase": state.phase,
+            "candidate": state.candidate_version,
+            "stable": state.stable_version,
+            "canary_weight": state.canary_weight,
+            "step_index": state.step_index,
+            "reason": state.reason,
+        }
 
     def _audit(self, state: RolloutState, event_type: str, **data: Any) -> None:
         event = self.store.append({"type": event_type, "phase": state.phase, **data})
@@ -453,8 +548,17 @@ class Controller:
                 self.store.append({"type": "HookFailed", "hook": "event", "target": hook.label, "detail": detail})
 
 
-def rollback_to(registry: Registry, admin: Any, model: str, version: str, deployment: str, *, why: str,
-                url: str | None = None, who: str | None = None) -> None:
+def rollback_to(
+    registry: Registry,
+    admin: Any,
+    model: str,
+    version: str,
+    deployment: str,
+    *,
+    why: str,
+    url: str | None = None,
+    who: str | None = None,
+) -> None:
     """Serve `version` of `model` from `deployment` again: 100 % of the route to it, `stable` → it,
     `previous` → the version that was stable until now.
 
@@ -465,7 +569,9 @@ def rollback_to(registry: Registry, admin: Any, model: str, version: str, deploy
     names = [d["name"] for d in _route(admin, model)["deployments"]]
     if deployment not in names:
         if not url:
-            raise SpecError(f"the gateway route {model!r} has no deployment {deployment!r} (it has {names}): give its url to add it")
+            raise SpecError(
+                f"the gateway route {model!r} has no deployment {deployment!r} (it has {names}): give its url to add it"
+            )
         admin.add_deployment(model, deployment, url, 0)
         names.append(deployment)
     admin.set_weights(model, {name: 100 if name == deployment else 0 for name in names})

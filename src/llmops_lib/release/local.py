@@ -29,8 +29,17 @@ class LocalRelease:
     `env.stop_canary` is a `post-rollout` hook that stops the canary's engine.
     """
 
-    def __init__(self, stable: ModelRecord, candidate: ModelRecord, *, request_log: str | Path, admin_key: str = "release-admin",
-                 threads: int = 1, stable_deployment: str = "stable", canary_deployment: str = "canary") -> None:
+    def __init__(
+        self,
+        stable: ModelRecord,
+        candidate: ModelRecord,
+        *,
+        request_log: str | Path,
+        admin_key: str = "release-admin",
+        threads: int = 1,
+        stable_deployment: str = "stable",
+        canary_deployment: str = "canary",
+    ) -> None:
         self.stable, self.candidate = stable.verify(), candidate.verify()
         self.model, self.request_log, self.admin_key, self.threads = stable.name, str(request_log), admin_key, threads
         self.stable_deployment, self.canary_deployment = stable_deployment, canary_deployment
@@ -44,11 +53,20 @@ class LocalRelease:
         try:
             for deployment, record in ((self.stable_deployment, self.stable), (self.canary_deployment, self.candidate)):
                 self.engines[deployment] = self._stack.enter_context(LlamaServer(record.spec(threads=self.threads)))
-            route = Route(model=self.model, deployments=[
-                Deployment(name=self.stable_deployment, url=self.engines[self.stable_deployment].base_url, weight=100),
-                Deployment(name=self.canary_deployment, url=self.engines[self.canary_deployment].base_url, weight=0),
-            ])
-            config = GatewayConfig(routes=[route], admin_keys=[self.admin_key], request_log=self.request_log, cache_size=0)
+            route = Route(
+                model=self.model,
+                deployments=[
+                    Deployment(
+                        name=self.stable_deployment, url=self.engines[self.stable_deployment].base_url, weight=100
+                    ),
+                    Deployment(
+                        name=self.canary_deployment, url=self.engines[self.canary_deployment].base_url, weight=0
+                    ),
+                ],
+            )
+            config = GatewayConfig(
+                routes=[route], admin_keys=[self.admin_key], request_log=self.request_log, cache_size=0
+            )
             self.gateway = self._stack.enter_context(GatewayServer(config))
         except BaseException:
             self._stack.close()
@@ -75,9 +93,18 @@ class LocalRelease:
         self.stop()
 
 
-def rehearse(registry: Registry, spec: RolloutSpec, *, request_log: str | Path, concurrency: int = 2, max_tokens: int = 8,
-             threads: int = 1, timeout_s: float = 600, who: str | None = None,
-             on_pause: Callable[[Controller], object] | None = None) -> tuple[Controller, dict[str, int]]:
+def rehearse(
+    registry: Registry,
+    spec: RolloutSpec,
+    *,
+    request_log: str | Path,
+    concurrency: int = 2,
+    max_tokens: int = 8,
+    threads: int = 1,
+    timeout_s: float = 600,
+    who: str | None = None,
+    on_pause: Callable[[Controller], object] | None = None,
+) -> tuple[Controller, dict[str, int]]:
     """Run `spec` on this machine: engines for the `stable` version and the candidate, the gateway,
     steady traffic, and the controller until it promotes or rolls back (a rolled-back canary's
     engine is stopped by a post-rollout hook). `on_pause(controller)` plays the operator when the
@@ -89,15 +116,31 @@ def rehearse(registry: Registry, spec: RolloutSpec, *, request_log: str | Path, 
     from llmops_lib.release.traffic import BackgroundTraffic
 
     stable, candidate = registry.get(spec.model, "stable"), registry.get(spec.model, spec.candidate)
-    with LocalRelease(stable, candidate, request_log=request_log, threads=threads,
-                      stable_deployment=spec.stable_deployment, canary_deployment=spec.canary_deployment) as env:
-        controller = Controller.create(spec, gateway_url=env.gateway_url, request_log=str(request_log), registry=registry,
-                                       admin_key=env.admin_key, hooks=[Hook("post-rollout", env.stop_canary)], who=who)
+    with LocalRelease(
+        stable,
+        candidate,
+        request_log=request_log,
+        threads=threads,
+        stable_deployment=spec.stable_deployment,
+        canary_deployment=spec.canary_deployment,
+    ) as env:
+        controller = Controller.create(
+            spec,
+            gateway_url=env.gateway_url,
+            request_log=str(request_log),
+            registry=registry,
+            admin_key=env.admin_key,
+            hooks=[Hook("post-rollout", env.stop_canary)],
+            who=who,
+        )
         with BackgroundTraffic(env.gateway_url, spec.model, concurrency=concurrency, max_tokens=max_tokens) as traffic:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                state = controller.run(poll_s=0.25, timeout_s=deadline - time.monotonic(),
-                                       stop_when=(lambda s: s.phase == PAUSED) if on_pause else None)
+                state = controller.run(
+                    poll_s=0.25,
+                    timeout_s=deadline - time.monotonic(),
+                    stop_when=(lambda s: s.phase == PAUSED) if on_pause else None,
+                )
                 if state.done or state.phase != PAUSED:
                     break
                 on_pause(controller)

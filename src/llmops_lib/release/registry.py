@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,14 @@ class ModelRecord:
         """Refuse to serve an artifact that changed or vanished since it was registered."""
         path = Path(self.path)
         if not path.exists():
-            raise ModelError(f"{self.name} v{self.version}: artifact {path} is gone: restore it or register another version")
+            raise ModelError(
+                f"{self.name} v{self.version}: artifact {path} is gone: restore it or register another version"
+            )
         actual = artifact_sha256(path)
         if actual != self.sha256:
-            raise ModelError(f"{self.name} v{self.version}: {path} has sha256 {actual[:16]}…, registered {self.sha256[:16]}…: it was changed; register it again")
+            raise ModelError(
+                f"{self.name} v{self.version}: {path} has sha256 {actual[:16]}…, registered {self.sha256[:16]}…: it was changed; register it again"
+            )
         return self
 
 
@@ -113,7 +117,9 @@ class AliasEvent:
 
 
 def _spec_dict(spec: EngineSpec) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
+    return {
+        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()
+    }
 
 
 class Registry:
@@ -168,11 +174,15 @@ class Registry:
         fmt = "gguf" if path.is_file() else "hf"
         sha = artifact_sha256(path)
         if expected_sha256 is not None and sha != expected_sha256.lower():
-            raise ModelError(f"cannot register {name}: {path} has sha256 {sha[:16]}…, expected {expected_sha256[:16]}…: the file is not the one you meant")
+            raise ModelError(
+                f"cannot register {name}: {path} has sha256 {sha[:16]}…, expected {expected_sha256[:16]}…: the file is not the one you meant"
+            )
         if fmt == "gguf":
             spec = spec or EngineSpec(model=path, n_ctx=1024, threads=1)
             if Path(spec.model).resolve() != path:
-                raise SpecError(f"the engine spec serves {spec.model}, not the artifact {path}: give a spec for this file")
+                raise SpecError(
+                    f"the engine spec serves {spec.model}, not the artifact {path}: give a spec for this file"
+                )
         spec_json = json.dumps(_spec_dict(spec) if spec else {})
         for existing in self.versions(name):  # the same artifact served the same way is the same version
             if existing.sha256 == sha and json.dumps(existing.engine_spec) == spec_json and existing.path == str(path):
@@ -184,9 +194,13 @@ class Registry:
                 raise ModelError(f"cannot register {name}: the engine could not load {path.name}: {exc}") from exc
         else:
             (load_check or check_hf_folder)(path)
-        tags = {f"{TAG}sha256": sha, f"{TAG}format": fmt, f"{TAG}path": str(path),
-                f"{TAG}engine_spec": spec_json,
-                **{f"{TAG}metric.{k}": repr(float(v)) for k, v in (metrics or {}).items()}}
+        tags = {
+            f"{TAG}sha256": sha,
+            f"{TAG}format": fmt,
+            f"{TAG}path": str(path),
+            f"{TAG}engine_spec": spec_json,
+            **{f"{TAG}metric.{k}": repr(float(v)) for k, v in (metrics or {}).items()},
+        }
         created_model = self._ensure_model(name)
         try:  # one call writes the version and all its tags: nothing half-registered survives a failure
             version = self.client.create_model_version(name, source=path.as_uri(), tags=tags, description=description)
@@ -232,8 +246,17 @@ class Registry:
         self.client.delete_registered_model_alias(name, alias)
         return self._event(name, alias, current, None, why, who)
 
-    def _event(self, name: str, alias: str, before: str | None, after: str | None, why: str, who: str | None) -> AliasEvent:
-        event = AliasEvent(alias, before, after, who or getpass.getuser(), datetime.now(timezone.utc).isoformat(timespec="milliseconds"), why)
+    def _event(
+        self, name: str, alias: str, before: str | None, after: str | None, why: str, who: str | None
+    ) -> AliasEvent:
+        event = AliasEvent(
+            alias,
+            before,
+            after,
+            who or getpass.getuser(),
+            datetime.now(UTC).isoformat(timespec="milliseconds"),
+            why,
+        )
         self.client.set_registered_model_tag(name, f"{EVENT}{time.time_ns()}", json.dumps(asdict(event)))
         return event
 
@@ -249,10 +272,21 @@ class Registry:
 
         key = str(version_or_alias)
         try:
-            found = self.client.get_model_version(name, key) if key.isdigit() else self.client.get_model_version_by_alias(name, key)
+            found = (
+                self.client.get_model_version(name, key)
+                if key.isdigit()
+                else self.client.get_model_version_by_alias(name, key)
+            )
         except MlflowException:
-            known = ", ".join(f"v{r.version}" + (f" ({', '.join(r.aliases)})" if r.aliases else "") for r in self.versions(name)) or "none"
-            raise SpecError(f"model {name!r} has no version or alias {key!r} in the registry; registered: {known}") from None
+            known = (
+                ", ".join(
+                    f"v{r.version}" + (f" ({', '.join(r.aliases)})" if r.aliases else "") for r in self.versions(name)
+                )
+                or "none"
+            )
+            raise SpecError(
+                f"model {name!r} has no version or alias {key!r} in the registry; registered: {known}"
+            ) from None
         return self._record(found)
 
     def versions(self, name: str) -> list[ModelRecord]:
@@ -277,14 +311,23 @@ class Registry:
             tags = self.client.get_registered_model(name).tags
         except MlflowException:
             raise SpecError(f"model {name!r} is not in the registry at {self.uri}: register a version first") from None
-        return [AliasEvent(**json.loads(tags[key])) for key in sorted((k for k in tags if k.startswith(EVENT)), key=lambda k: int(k[len(EVENT):]))]
+        return [
+            AliasEvent(**json.loads(tags[key]))
+            for key in sorted((k for k in tags if k.startswith(EVENT)), key=lambda k: int(k[len(EVENT) :]))
+        ]
 
     def _record(self, version: Any) -> ModelRecord:
         tags = version.tags or {}
-        metrics = {k[len(TAG) + 7:]: float(v) for k, v in tags.items() if k.startswith(f"{TAG}metric.")}
+        metrics = {k[len(TAG) + 7 :]: float(v) for k, v in tags.items() if k.startswith(f"{TAG}metric.")}
         return ModelRecord(
-            name=version.name, version=str(version.version), path=tags.get(f"{TAG}path", ""), format=tags.get(f"{TAG}format", ""),
-            sha256=tags.get(f"{TAG}sha256", ""), engine_spec=json.loads(tags.get(f"{TAG}engine_spec", "{}")), metrics=metrics,
-            aliases=tuple(getattr(version, "aliases", ()) or ()), description=version.description or "",
+            name=version.name,
+            version=str(version.version),
+            path=tags.get(f"{TAG}path", ""),
+            format=tags.get(f"{TAG}format", ""),
+            sha256=tags.get(f"{TAG}sha256", ""),
+            engine_spec=json.loads(tags.get(f"{TAG}engine_spec", "{}")),
+            metrics=metrics,
+            aliases=tuple(getattr(version, "aliases", ()) or ()),
+            description=version.description or "",
             created_at=(version.creation_timestamp or 0) / 1000,
         )

@@ -40,9 +40,20 @@ def weight_series(events: Sequence[Mapping[str, Any]]) -> tuple[list[float], lis
 def measurements(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per measurement: when (s since start), metric, phase, canary value, stable baseline, samples."""
     t0 = _start(events)
-    return [{"t_s": round(e["finished_at"] - t0, 1), "metric": e["metric"], "phase": e["phase"], "canary": e.get("value"),
-             "stable": e.get("baseline"), "samples": e.get("samples"), "canary_weight": e.get("canary_weight"), "note": e.get("message", "")}
-            for e in events if e["type"] == "Measurement"]
+    return [
+        {
+            "t_s": round(e["finished_at"] - t0, 1),
+            "metric": e["metric"],
+            "phase": e["phase"],
+            "canary": e.get("value"),
+            "stable": e.get("baseline"),
+            "samples": e.get("samples"),
+            "canary_weight": e.get("canary_weight"),
+            "note": e.get("message", ""),
+        }
+        for e in events
+        if e["type"] == "Measurement"
+    ]
 
 
 def decision(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -58,8 +69,13 @@ def timeline(events: Sequence[Mapping[str, Any]], title: str = "Canary release")
     """Canary weight (top) and every metric's canary and stable values (below) against time."""
     rows = measurements(events)
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    fig = make_subplots(rows=1 + len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=["canary weight (%)", *metrics])
+    fig = make_subplots(
+        rows=1 + len(metrics),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        subplot_titles=["canary weight (%)", *metrics],
+    )
     times, weights = weight_series(events)
     fig.add_scatter(x=times, y=weights, mode="lines", line_shape="hv", name="canary weight", row=1, col=1)
     t0 = _start(events)
@@ -69,11 +85,25 @@ def timeline(events: Sequence[Mapping[str, Any]], title: str = "Canary release")
             fig.add_annotation(x=event["at"] - t0, y=100, text=event["type"], showarrow=False, yshift=10, row=1, col=1)
     for i, metric in enumerate(metrics, start=2):
         mine = [r for r in rows if r["metric"] == metric]
-        fig.add_scatter(x=[r["t_s"] for r in mine], y=[r["canary"] for r in mine], mode="lines+markers", name=f"{metric}: canary",
-                        marker={"color": [PHASE_COLORS.get(r["phase"], "#000") for r in mine], "size": 10}, row=i, col=1)
+        fig.add_scatter(
+            x=[r["t_s"] for r in mine],
+            y=[r["canary"] for r in mine],
+            mode="lines+markers",
+            name=f"{metric}: canary",
+            marker={"color": [PHASE_COLORS.get(r["phase"], "#000") for r in mine], "size": 10},
+            row=i,
+            col=1,
+        )
         if any(r["stable"] is not None for r in mine):
-            fig.add_scatter(x=[r["t_s"] for r in mine], y=[r["stable"] for r in mine], mode="lines+markers", name=f"{metric}: stable",
-                            line={"dash": "dash"}, row=i, col=1)
+            fig.add_scatter(
+                x=[r["t_s"] for r in mine],
+                y=[r["stable"] for r in mine],
+                mode="lines+markers",
+                name=f"{metric}: stable",
+                line={"dash": "dash"},
+                row=i,
+                col=1,
+            )
     fig.update_xaxes(title_text="seconds since the rollout started", row=1 + len(metrics), col=1)
     fig.update_layout(title=title, height=260 + 220 * len(metrics), legend={"orientation": "h", "y": -0.15})
     return fig

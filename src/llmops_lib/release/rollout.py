@@ -214,7 +214,9 @@ class RolloutSpec:
                 raise SpecError(f"rollout {attribute} {value!r} must be lower-case letters, digits, '.', '_' or '-'")
         object.__setattr__(self, "candidate", str(self.candidate or "").strip())
         if not self.candidate:
-            raise SpecError(f"rollout {self.name!r}: candidate is missing: give the registry version (e.g. '3') to roll out")
+            raise SpecError(
+                f"rollout {self.name!r}: candidate is missing: give the registry version (e.g. '3') to roll out"
+            )
         if self.stable_deployment == self.canary_deployment:
             raise SpecError(f"rollout {self.name!r}: stable and canary must be different deployments")
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -229,7 +231,9 @@ class RolloutSpec:
         if len(set(names)) != len(names):
             raise SpecError(f"rollout {self.name!r}: metric names must be unique, got {names}")
         if self.on_restart not in ON_RESTART:
-            raise SpecError(f"rollout {self.name!r}: onRestart {self.on_restart!r} is unknown; use one of {', '.join(ON_RESTART)}")
+            raise SpecError(
+                f"rollout {self.name!r}: onRestart {self.on_restart!r} is unknown; use one of {', '.join(ON_RESTART)}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
@@ -260,16 +264,41 @@ class RolloutSpec:
         """The spec as Argo-style data (camelCase keys, metric fields left at their defaults omitted);
         `from_dict(to_dict())` round-trips, and the state file keeps it in this form."""
         defaults = {f.name: f.default for f in fields(MetricSpec)}
-        metrics = [{_camel(k): v for k, v in asdict(m).items() if k in ("name", "provider", "query", "interval_s") or v != defaults[k]} for m in self.metrics]
-        steps = [{"setWeight": s.weight} if isinstance(s, SetWeight) else {"pause": {} if s.duration_s is None else {"duration": f"{s.duration_s:g}s"}}
-                 for s in self.steps]
+        metrics = [
+            {
+                _camel(k): v
+                for k, v in asdict(m).items()
+                if k in ("name", "provider", "query", "interval_s") or v != defaults[k]
+            }
+            for m in self.metrics
+        ]
+        steps = [
+            {"setWeight": s.weight}
+            if isinstance(s, SetWeight)
+            else {"pause": {} if s.duration_s is None else {"duration": f"{s.duration_s:g}s"}}
+            for s in self.steps
+        ]
         return {
-            "name": self.name, "model": self.model,
+            "name": self.name,
+            "model": self.model,
             "stable": {"deployment": self.stable_deployment},
-            "canary": {"version": self.candidate, "deployment": self.canary_deployment, **({"url": self.canary_url} if self.canary_url else {})},
+            "canary": {
+                "version": self.candidate,
+                "deployment": self.canary_deployment,
+                **({"url": self.canary_url} if self.canary_url else {}),
+            },
             "steps": steps,
-            "analysis": {"metrics": [{k: v for k, v in m.items() if k != "intervalS"} | {"interval": f"{m['intervalS']:g}s"} for m in metrics]},
-            **({"hooks": [{"type": h.kind, "url": h.url, "timeout": f"{h.timeout_s:g}s"} for h in self.hooks]} if self.hooks else {}),
+            "analysis": {
+                "metrics": [
+                    {k: v for k, v in m.items() if k != "intervalS"} | {"interval": f"{m['intervalS']:g}s"}
+                    for m in metrics
+                ]
+            },
+            **(
+                {"hooks": [{"type": h.kind, "url": h.url, "timeout": f"{h.timeout_s:g}s"} for h in self.hooks]}
+                if self.hooks
+                else {}
+            ),
             **({"onRestart": self.on_restart} if self.on_restart != "resume" else {}),
         }
 
@@ -281,8 +310,10 @@ class RolloutSpec:
 
 def _step(step: object, index: int) -> Step:
     if not isinstance(step, Mapping) or len(step) != 1:
-        raise SpecError(f"step {index}: each step is one of {{setWeight: N}} or {{pause: {{duration: 30s}}}}, got {step!r}")
-    (kind, value), = step.items()
+        raise SpecError(
+            f"step {index}: each step is one of {{setWeight: N}} or {{pause: {{duration: 30s}}}}, got {step!r}"
+        )
+    ((kind, value),) = step.items()
     if kind == "set_weight":
         return SetWeight(value)
     if kind == "pause":
@@ -306,7 +337,11 @@ def _hook(data: object) -> HookSpec:
     if not isinstance(data, Mapping):
         raise SpecError(f"each hook is a mapping {{type, url}}, got {data!r}")
     data = dict(data)
-    return HookSpec(kind=data.pop("type", data.pop("kind", "")), **({"timeout_s": data.pop("timeout")} if "timeout" in data else {}), **data)
+    return HookSpec(
+        kind=data.pop("type", data.pop("kind", "")),
+        **({"timeout_s": data.pop("timeout")} if "timeout" in data else {}),
+        **data,
+    )
 
 
 def load_rollout(source: str | Path | Mapping[str, Any]) -> RolloutSpec:
@@ -347,19 +382,55 @@ def steps_from_text(text: str) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-
-def standard_canary(name: str, model: str, candidate: str, *, steps: str = "20,pause:15s,50,pause:15s", interval_s: float = 5.0,
-                    max_error_rate: float = 0.05, max_latency_ratio: float = 2.0, max_perplexity_ratio: float = 1.02,
-                    failure_limit: int = 1) -> RolloutSpec:
+def standard_canary(
+    name: str,
+    model: str,
+    candidate: str,
+    *,
+    steps: str = "20,pause:15s,50,pause:15s",
+    interval_s: float = 5.0,
+    max_error_rate: float = 0.05,
+    max_latency_ratio: float = 2.0,
+    max_perplexity_ratio: float = 1.02,
+    failure_limit: int = 1,
+) -> RolloutSpec:
     """The release the book and the `canary_release` runbook run: error rate, p95 latency against
     stable, and held-out perplexity against stable (once), on deployments `stable` and `canary`."""
     metrics = (
-        MetricSpec(name="error-rate", provider="request_log", query="error_rate", interval_s=interval_s, on_missing="skip",
-                   success_condition=f"result <= {max_error_rate}", failure_limit=failure_limit),
-        MetricSpec(name="p95-latency", provider="request_log", query="p95_latency_s", interval_s=interval_s, on_missing="skip",
-                   min_samples=3, success_condition=f"result <= baseline * {max_latency_ratio}", failure_limit=failure_limit),
-        MetricSpec(name="perplexity", provider="evaluation", query="perplexity", count=1, interval_s=1.0,
-                   success_condition=f"result <= baseline * {max_perplexity_ratio}"),
+        MetricSpec(
+            name="error-rate",
+            provider="request_log",
+            query="error_rate",
+            interval_s=interval_s,
+            on_missing="skip",
+            success_condition=f"result <= {max_error_rate}",
+            failure_limit=failure_limit,
+        ),
+        MetricSpec(
+            name="p95-latency",
+            provider="request_log",
+            query="p95_latency_s",
+            interval_s=interval_s,
+            on_missing="skip",
+            min_samples=3,
+            success_condition=f"result <= baseline * {max_latency_ratio}",
+            failure_limit=failure_limit,
+        ),
+        MetricSpec(
+            name="perplexity",
+            provider="evaluation",
+            query="perplexity",
+            count=1,
+            interval_s=1.0,
+            success_condition=f"result <= baseline * {max_perplexity_ratio}",
+        ),
     )
-    return RolloutSpec(name=name, model=model, candidate=candidate, stable_deployment="stable", canary_deployment="canary",
-                       steps=steps_from_text(steps), metrics=metrics)
+    return RolloutSpec(
+        name=name,
+        model=model,
+        candidate=candidate,
+        stable_deployment="stable",
+        canary_deployment="canary",
+        steps=steps_from_text(steps),
+        metrics=metrics,
+    )

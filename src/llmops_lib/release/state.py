@@ -82,11 +82,15 @@ class RolloutStore:
 
     def load(self) -> RolloutState:
         if not self.exists():
-            raise SpecError(f"no rollout named {self.name!r} under {self.dir.parent}: start one with `llmops rollout run`")
+            raise SpecError(
+                f"no rollout named {self.name!r} under {self.dir.parent}: start one with `llmops rollout run`"
+            )
         try:
             return RolloutState(**json.loads(self.state_path.read_text()))
         except (ValueError, TypeError) as exc:
-            raise LLMOpsError(f"the state of rollout {self.name!r} ({self.state_path}) is unreadable ({exc}): abort it by hand") from exc
+            raise LLMOpsError(
+                f"the state of rollout {self.name!r} ({self.state_path}) is unreadable ({exc}): abort it by hand"
+            ) from exc
 
     def save(self, state: RolloutState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +127,9 @@ class RolloutStore:
             return None
         state = self.load()
         if not state.done:
-            raise SpecError(f"rollout {self.name!r} is still {state.phase}: promote or abort it before starting another")
+            raise SpecError(
+                f"rollout {self.name!r} is still {state.phase}: promote or abort it before starting another"
+            )
         target = self.dir / "history" / f"{state.started_at:.0f}"
         target.mkdir(parents=True, exist_ok=True)
         for path in (self.state_path, self.audit_path):
@@ -150,7 +156,9 @@ class RolloutStore:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LLMOpsError(f"another controller is running rollout {self.name!r}: use `llmops rollout status {self.name}`") from None
+                raise LLMOpsError(
+                    f"another controller is running rollout {self.name!r}: use `llmops rollout status {self.name}`"
+                ) from None
             try:
                 yield
             finally:

@@ -19,8 +19,17 @@ from llmops_lib.engines.client import OpenAIClient
 class BackgroundTraffic:
     """`with BackgroundTraffic(url, "gemma") as traffic:` `concurrency` clients sending until the block ends."""
 
-    def __init__(self, gateway_url: str, model: str, *, concurrency: int = 2, max_tokens: int = 8,
-                 context_words: int = 0, pause_s: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        gateway_url: str,
+        model: str,
+        *,
+        concurrency: int = 2,
+        max_tokens: int = 8,
+        context_words: int = 0,
+        pause_s: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.gateway_url, self.model, self.concurrency = gateway_url, model, concurrency
         self.pause_s = pause_s
         self.workload = Workload.random(max_tokens, context_words=context_words, seed=seed)
@@ -48,7 +57,10 @@ class BackgroundTraffic:
             client.close()
 
     def start(self) -> Self:
-        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True, name=f"traffic-{i}") for i in range(self.concurrency)]
+        self._threads = [
+            threading.Thread(target=self._worker, args=(i,), daemon=True, name=f"traffic-{i}")
+            for i in range(self.concurrency)
+        ]
         for thread in self._threads:
             thread.start()
         return self

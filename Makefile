@@ -1,6 +1,7 @@
 # The LLMOps Handbook. Two commands do everything on a fresh machine:
 #   make book   build the executed book (every chapter run against the real model) into book/_build/html
 #   make test   the same set-up and book, then every test (pytest, nbval over labs and runbooks, runbook runs)
+# and one is the inner loop while editing: make unit (style and layer gates, tests without engine or model).
 SHELL := bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -9,7 +10,18 @@ BIN := $(VENV)/bin
 export LLMOPS_HOME ?= $(CURDIR)/.llmops
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup vllm book test browser bench clean
+.PHONY: help setup vllm book lint unit test browser bench clean
+
+# The built book is a file target: a stamp no older than any source that can change the book, so
+# `make test` right after `make book` reuses the book instead of executing every chapter again.
+BOOK_STAMP := book/_build/.built
+# Files under $(1), symlinks followed; caches and build output change without changing the book.
+files_under = $(shell find -L $(1) \( -name _build -o -name __pycache__ -o -name .ipynb_checkpoints \
+	-o -name node_modules -o -name .llmops \) -prune -o -type f -print)
+BOOK_SOURCES := $(call files_under,book src/llmops_lib) _config.yml _toc.yml pyproject.toml \
+	$(wildcard references.bib) $(if $(shell grep -s labs _toc.yml),$(call files_under,labs))
+# The tests that need no engine, no assembled model and no built book (markers: pyproject.toml).
+UNIT_MARKERS := not engine and not model and not book and not browser
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,17 +35,34 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh scripts/vendor_web_asset
 vllm:  ## create .venv-vllm with vLLM (CPU build here, `vllm` where nvidia-smi exists; VLLM_PACKAGE overrides)
 	PYTHON=$(PYTHON) bash scripts/setup_vllm.sh
 
-book: setup vllm  ## main job: execute every chapter and build the HTML book
-	$(BIN)/jupyter-book build -W -n --keep-going --all book/ --config _config.yml --toc _toc.yml --path-output book/
+book: $(BOOK_STAMP)  ## main job: execute every chapter and build the HTML book (again only when a source changed)
 	@echo "open book/_build/html/index.html"
+
+# The stamp gets the time the build started: a source edited during the build makes it stale.
+$(BOOK_STAMP): $(BOOK_SOURCES) | setup vllm
+	@mkdir -p $(@D) && touch $@.started
+	$(BIN)/jupyter-book build -W -n --keep-going --all book/ --config _config.yml --toc _toc.yml --path-output book/
+	mv $@.started $@
 
 browser:  ## install Debian's chromium for the real-browser test of the built book
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# The book's chapters are executed once, by `book` (-W: any failing cell or warning fails it);
-# nbval runs the labs and runbooks with their defaults, pytest the rest. cost_report reads a gateway's
-# request log, which a fresh machine does not have: tests/test_cost_report.py runs it on real traffic.
-test: book browser  ## main job + all tests (what .ci/run runs)
+lint: setup  ## style and layer gates: ruff format --check, ruff check, lint-imports (pyproject.toml)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# The unit tests need no model, so they run in a throwaway home: the runs they archive do not land in
+# the real one, and a runbook run there meanwhile cannot change what they find.
+unit: lint  ## inner loop, under a minute: the gates, then the tests needing no engine, model or built book
+	home=$$(mktemp -d) && LLMOPS_HOME=$$home $(BIN)/python -m pytest -q -m "$(UNIT_MARKERS)" tests; \
+	status=$$?; rm -rf "$$home"; exit $$status
+
+# The book's chapters are executed once, by the book build (-W: any failing cell or warning fails it);
+# nbval runs the labs and runbooks with their defaults (--nbval-lax: every cell runs without raising;
+# no output is compared), pytest the rest. cost_report reads a gateway's request log, which a fresh
+# machine does not have: tests/test_cost_report.py runs it on real traffic.
+test: lint $(BOOK_STAMP) browser  ## main job + the gates + all tests (what .ci/run runs)
 	$(BIN)/python -m pytest --nbval-lax --ignore=book/_build --ignore=runbooks/cost_report.ipynb tests labs runbooks
 
 bench: setup  ## run every benchmark (tables on screen, JSON under benchmarks/results/); best on a quiet machine

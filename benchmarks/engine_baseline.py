@@ -91,7 +91,10 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for path, row in results.items():
-        ratio = lambda key: f"{row[key]:.2f}" if row[key] is not None else "-"  # noqa: E731
+
+        def ratio(key: str, row: dict = row) -> str:
+            return f"{row[key]:.2f}" if row[key] is not None else "-"
+
         print(
             f"{path:<25}{row['prompt_tokens_per_s']:>13.0f}{row['generation_tokens_per_s']:>11.1f}{row['ttft_ms']:>9.0f}"
             f"{ratio('prompt_vs_in_process'):>10}{ratio('generation_vs_in_process'):>8}{row['generation_vs_roofline']:>11.0%}"

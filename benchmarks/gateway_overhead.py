@@ -149,7 +149,8 @@ def main() -> int:
         print(f"{name:<9}{throughput[name]:>11.1f}{runs:>40}{t['failed']:>8}")
     quartiles = statistics.quantiles(differences, n=4)
     print(
-        f"added latency per request: median {added_ms:.2f} ms (quartiles {quartiles[0]:.2f} / {quartiles[2]:.2f} ms, {len(differences)} pairs)"
+        f"added latency per request: median {added_ms:.2f} ms "
+        f"(quartiles {quartiles[0]:.2f} / {quartiles[2]:.2f} ms, {len(differences)} pairs)"
     )
     print(
         f"gateway CPU: {cpu_ms_per_request:.2f} ms per request ({gateway_cpu_s:.2f} s over {gateway_requests} requests)"

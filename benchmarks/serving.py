@@ -2,7 +2,7 @@
 
 Starts one llama-server with as many slots (`--parallel`) as the highest concurrency, then, for
 each concurrency (default 1, 2, 4, 8, 16), runs a closed loop of `--rounds` × concurrency requests
-of exactly `--output-len` tokens with `llmops_lib.bench.run_load`, and reports vLLM `bench serve`'s
+of exactly `--output-len` tokens with `llmops_lib.bench.sweep_concurrency`, and reports vLLM `bench serve`'s
 metrics: aggregate output throughput (and its ratio to a single stream), TTFT, TPOT, ITL, E2EL.
 
 Then it measures the engine alone (`llama-batched-bench`: same model, threads and attention
@@ -42,8 +42,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from llmops_lib.bench import LoadPlan, Workload, engine_generation_speed, run_load
-from llmops_lib.bench.prometheus import GENERATION_SECONDS, OUTPUT_TOKENS, scrape
+from llmops_lib.bench import Workload, engine_generation_speed, sweep_concurrency
+from llmops_lib.bench.prometheus import GENERATION_SECONDS, OUTPUT_TOKENS
 from llmops_lib.bench.results import write_report
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.models import default_model
@@ -55,12 +55,22 @@ AGREEMENT_TOLERANCE = 0.05
 
 def measure_weights(spec: EngineSpec, levels: list[int], args: argparse.Namespace) -> list[dict[str, float]]:
     """Every concurrency level through one server, then the engine alone: one row per level."""
-    results = []
+    print(f"{spec.model.name}: concurrency {', '.join(map(str, levels))} …", file=sys.stderr)
     with LlamaServer(spec) as server:
-        server.complete("Warm up.", max_tokens=4)
-        for concurrency in levels:
-            print(f"{spec.model.name}: concurrency {concurrency} …", file=sys.stderr)
-            results.append(measure_level(server, concurrency, args.rounds, args.output_len, args.seed))
+        swept = sweep_concurrency(server, Workload.random(args.output_len, seed=args.seed), levels, rounds=args.rounds)
+    results = []
+    for level in swept:
+        server_tokens = level.increase(OUTPUT_TOKENS)
+        results.append(
+            level.as_dict()
+            | {
+                "server_output_tokens": server_tokens,
+                "server_output_throughput": server_tokens / level.window_s,
+                # Time spent generating after the first token, summed over requests, on two clocks: the
+                # client's streams (E2EL − TTFT) and the server's slots (its own C++ timers).
+                "server_generation_s": level.increase(GENERATION_SECONDS),
+            }
+        )
     print(f"{spec.model.name}: the engine alone (llama-batched-bench) …", file=sys.stderr)
     engine = engine_generation_speed(spec, levels, output_len=args.output_len)
     single = results[0]["output_throughput"]
@@ -71,30 +81,6 @@ def measure_weights(spec: EngineSpec, levels: list[int], args: argparse.Namespac
         row["throughput_disagreement"] = abs(row["output_throughput"] / row["server_output_throughput"] - 1)
         row["generation_time_disagreement"] = abs(row["client_generation_s"] / row["server_generation_s"] - 1)
     return results
-
-
-def measure_level(server: LlamaServer, concurrency: int, rounds: int, output_len: int, seed: int) -> dict[str, float]:
-    """One closed-loop run at `concurrency`, with the server's counters read around it."""
-    before = scrape(server.client)
-    result = run_load(
-        server.client,
-        Workload.random(output_len, seed=seed),
-        LoadPlan(concurrency=concurrency, num_requests=rounds * concurrency),
-        progress=False,
-    )
-    after = scrape(server.client)
-    server_tokens = before.increase(after, OUTPUT_TOKENS)
-    m = result.metrics
-    return m.as_dict() | {
-        "concurrency": concurrency,
-        "errors": dict(result.errors),
-        "server_output_tokens": server_tokens,
-        "server_output_throughput": server_tokens / (after.at_s - before.at_s),
-        # Time spent generating after the first token, summed over requests, on two clocks: the
-        # client's streams (E2EL − TTFT) and the server's slots (its own C++ timers).
-        "client_generation_s": sum(c.latency_s - c.ttft_s for c in result.completions),
-        "server_generation_s": before.increase(after, GENERATION_SECONDS),
-    }
 
 
 def main() -> int:
@@ -148,7 +134,8 @@ def main() -> int:
 
     header = (
         f"{'weights':<8}{'conc':>5}{'ok':>5}{'fail':>5}{'out tok/s':>11}{'× 1':>6}{'× Q4':>6}{'engine':>8}{'× 1':>6}"
-        f"{'server tok/s':>14}{'Δ':>7}{'Δ gen s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}{'E2EL p50':>10}{'p99':>8}"
+        f"{'server tok/s':>14}{'Δ':>7}{'Δ gen s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}"
+        f"{'E2EL p50':>10}{'p99':>8}"
     )
     print(header + "\n" + "-" * len(header))
     for name, rows in measured.items():
@@ -183,7 +170,8 @@ def main() -> int:
     every = [r for rows in measured.values() for r in rows]
     worst = max(r["throughput_disagreement"] for r in every)
     claims["agreement"] = {
-        "claim": f"load generator and server counters agree on throughput within {AGREEMENT_TOLERANCE:.0%} (and on every token)",
+        "claim": f"load generator and server counters agree on throughput within {AGREEMENT_TOLERANCE:.0%} "
+        "(and on every token)",
         "value": worst,
         "passed": worst <= AGREEMENT_TOLERANCE
         and all(r["total_output_tokens"] == r["server_output_tokens"] for r in every),

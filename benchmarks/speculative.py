@@ -143,7 +143,10 @@ def main() -> int:
         ):
             measure("in-process lookup", plain, lookup)
 
-    header = f"{'method':<24}{'workload':<11}{'kind':<12}{'plain tok/s':>12}{'spec tok/s':>11}{'speedup':>9}{'accept':>8}{'same text':>10}"
+    header = (
+        f"{'method':<24}{'workload':<11}{'kind':<12}{'plain tok/s':>12}"
+        f"{'spec tok/s':>11}{'speedup':>9}{'accept':>8}{'same text':>10}"
+    )
     print(header + "\n" + "-" * len(header))
     for r in rows:
         print(

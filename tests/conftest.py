@@ -1,28 +1,46 @@
 """Shared fixtures: the real default model and real llama.cpp engines, started once per session.
 
 Tests use one thread per engine: on a shared 2-core machine two spinning threads collapse, and
-no test asserts an absolute speed anyway.
+no test asserts an absolute speed anyway. Markers follow from the fixtures a test takes (see
+`pytest_collection_modifyitems`), so `make unit` cannot pick up a test that needs the model.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from llmops_lib.config import settings
 from llmops_lib.engines import EngineSpec, InProcessEngine, LlamaServer
 from llmops_lib.models import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
+# Fixtures that start an engine: a test using one (directly or through another fixture) is `engine`.
+ENGINE_FIXTURES = {"server", "in_process"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by what a test needs: `model` when it takes the assembled default model (every engine
+    fixture starts from it), `engine` when it takes a running engine. An explicit marker stays."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "model_path" in fixtures:
+            item.add_marker(pytest.mark.model)
+        if fixtures & ENGINE_FIXTURES:
+            item.add_marker(pytest.mark.engine)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def llmops_home(tmp_path_factory) -> Path:
-    """The Makefile's shared home when set (model assembled once), else a fresh one."""
-    home = os.environ.get("LLMOPS_HOME") or str(tmp_path_factory.mktemp("llmops-home"))
-    os.environ["LLMOPS_HOME"] = home
-    return Path(home)
+def llmops_home() -> Path:
+    """The one shared home (`LLMOPS_HOME`, else the checkout's `.llmops/`): the model is assembled
+    once for the book, the tests and the labs. Exported so subprocesses use the same one."""
+    home = settings().home
+    os.environ["LLMOPS_HOME"] = str(home)
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +63,31 @@ def in_process(spec):
 def server(spec):
     with LlamaServer(spec) as engine:
         yield engine
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mount a tmpfs of a given size in MiB (needs root, as in CI); unmounted afterwards.
+
+    Where no tmpfs can be mounted the test is skipped, except under `CI=true`: there a full-disk
+    test that does not run is a failure, not a quiet line in the summary.
+    """
+    mounts: list[Path] = []
+
+    def mount(size_mib: int) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode != 0:
+            reason = f"cannot mount a tmpfs here (root needed): {done.stderr.decode().strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)

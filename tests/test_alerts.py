@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route, Rule
@@ -25,7 +26,6 @@ from llmops_lib.observe.alerting import (
     selectors,
     unknown_series,
 )
-from llmops_lib.observe.engine_metrics import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "alerts.yml"
@@ -33,7 +33,10 @@ DEAD_URL = "http://127.0.0.1:9"
 
 
 def test_selectors_skip_functions_keywords_grouping_and_durations():
-    expr = 'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{x="1", y=~"5.."}[5m]))) > 2 and on (model) b offset 1d unless c:rule'
+    expr = (
+        'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{x="1", y=~"5.."}[5m]))) > 2'
+        " and on (model) b offset 1d unless c:rule"
+    )
     assert selectors(expr) == [
         Selector("a_bucket", (("x", "=", "1"), ("y", "=~", "5.."))),
         Selector("b"),
@@ -60,33 +63,37 @@ def test_the_rule_file_is_well_formed():
     assert "llmops_engine" in selected
 
 
+RULE = {
+    "alert": "A",
+    "expr": "up > 0",
+    "for": "5m",
+    "labels": {"severity": "page"},
+    "annotations": {"summary": "s", "description": "d"},
+}
+
+
+def _rule_file(*rules: dict) -> str:
+    return yaml.safe_dump({"groups": [{"name": "g", "rules": list(rules)}]})
+
+
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("groups: []", "no `groups`"),
+        ("groups: []", r"groups: List should have at least 1 item"),
+        ("groups: [{name: g, rules: []}]", r"groups\.0\.rules: List should have at least 1 item"),
+        (_rule_file({k: v for k, v in RULE.items() if k != "for"}), r"groups\.0\.rules\.0\.for: Field required"),
+        (_rule_file(RULE | {"for": "soon"}), r"groups\.0\.rules\.0\.for: String should match pattern"),
         (
-            "groups: [{name: g, rules: [{alert: A, expr: up > 0, labels: {severity: page}, annotations: {summary: s, description: d}}]}]",
-            "needs `for`",
+            _rule_file(RULE | {"labels": {"severity": "urgent"}}),
+            r"groups\.0\.rules\.0\.labels\.severity: Input should be 'page' or 'ticket'",
         ),
         (
-            "groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: urgent}, annotations: {summary: s, description: d}}]}]",
-            "severity",
+            _rule_file(RULE | {"annotations": {"summary": "s"}}),
+            r"groups\.0\.rules\.0\.annotations\.description: Field required",
         ),
-        (
-            "groups: [{name: g, rules: [{alert: A, expr: up > 0, for: 5m, labels: {severity: page}, annotations: {summary: s}}]}]",
-            "description",
-        ),
-        (
-            "groups: [{name: g, rules: [{alert: A, expr: '1 > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]",
-            "selects no series",
-        ),
-        (
-            (
-                "groups: [{name: g, rules: [{alert: A, expr: 'up > 0', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}, "
-                "{alert: A, expr: 'up > 1', for: 5m, labels: {severity: page}, annotations: {summary: s, description: d}}]}]"
-            ),
-            "unique",
-        ),
+        (_rule_file(RULE | {"fire": "now"}), r"groups\.0\.rules\.0\.fire: Extra inputs are not permitted"),
+        (_rule_file(RULE | {"expr": "1 > 0"}), "selects no series"),
+        (_rule_file(RULE, RULE | {"expr": "up > 1"}), r"alert names must be unique, \['A'\] repeat"),
         ("groups: [oops", "not valid YAML"),
     ],
 )
@@ -105,10 +112,13 @@ def test_histogram_quantile_interpolates_like_prometheus():
     assert math.isnan(histogram_quantile(0.5, {1.0: 0.0, math.inf: 0.0}))
     with pytest.raises(SpecError, match=r"\+Inf"):
         histogram_quantile(0.5, {1.0: 3.0})
-    samples = parse_metrics(
-        'h_bucket{m="a",le="1.0"} 2\nh_bucket{m="b",le="1.0"} 1\nh_bucket{m="a",le="+Inf"} 3\nh_bucket{m="b",le="+Inf"} 4\nh_sum 9\n'
+    exposition = (
+        "# TYPE h histogram\n"
+        'h_bucket{m="a",le="1.0"} 2\nh_bucket{m="b",le="1.0"} 1\n'
+        'h_bucket{m="a",le="+Inf"} 3\nh_bucket{m="b",le="+Inf"} 4\n'
+        'h_sum{m="a"} 9\nh_count{m="a"} 3\nh_sum{m="b"} 1\nh_count{m="b"} 4\n'
     )
-    assert histogram_buckets(samples, "h") == {1.0: 3.0, math.inf: 7.0}
+    assert histogram_buckets(exposition, "h") == {1.0: 3.0, math.inf: 7.0}
 
 
 def test_unknown_series_names_a_typo_a_missing_label_and_a_wrong_value():

@@ -1,8 +1,10 @@
 """A real browser draws the built book's figures and math, fetching nothing from the internet.
 
-test_book_html.py checks what the pages reference; this opens them in headless Debian chromium,
-served over HTTP from 127.0.0.1 the way a reader's browser gets them, and checks what the scripts
-actually did (plotly drew its SVG, MathJax typeset the math) and what the page requested.
+test_book_html.py checks what the pages reference; this opens every page of the book (the root
+page, every chapter and part index in every sub-folder, the labs, glossary and bibliography) in
+headless Debian chromium, served over HTTP from 127.0.0.1 the way a reader's browser gets them, and
+checks what the scripts actually did (plotly drew every figure, MathJax typeset every formula) and
+what each page requested.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.book]
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"  # make book builds with --path-output book/
 FIGURE_DIV = "div.plotly-graph-div"
+# What plotly.js draws for a trace inside its svg.main-svg: a group per trace (scatter, bar,
+# histogram: `g.trace`), a heatmap's image group (`g.hm`), a table (`g.table`). An empty figure, or
+# one whose data failed to draw, has the axes but none of these.
+DRAWN_TRACE = "g.trace, g.hm, g.table"
 MATH = ".math"
+# Sphinx's own pages (not written by us) and index.html, which only redirects to the root page.
+GENERATED_PAGES = {"index.html", "genindex.html", "search.html", "py-modindex.html"}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -86,13 +94,27 @@ def site() -> Iterator[str]:
     server.server_close()
 
 
-def first_page_with(selector: str) -> str:
-    """The first built chapter or page (chapters first) whose static HTML has `selector`."""
-    pages = sorted(HTML.glob("chapters/*.html")) + sorted(HTML.glob("*.html"))
-    for page in pages:
-        if BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser").select_one(selector):
-            return page.relative_to(HTML).as_posix()
-    pytest.fail(f"no built page has {selector!r} to check in a browser")
+def book_pages() -> list[str]:
+    """Every page of the built book a reader can open (paths relative to the HTML root), in every
+    sub-folder; not Sphinx's generated pages, nor the theme's folders (`_static`, `_sources`, ...)."""
+    pages = [page.relative_to(HTML).as_posix() for page in sorted(HTML.rglob("*.html"))]
+    pages = [page for page in pages if page not in GENERATED_PAGES and not any(p[0] == "_" for p in page.split("/"))]
+    nested = [page for page in pages if page.startswith("chapters/") and page.count("/") >= 2]
+    assert nested, f"no chapter page in a sub-folder of {HTML / 'chapters'}: is the book built?"
+    return pages
+
+
+def static_html(page: str) -> BeautifulSoup:
+    """The page as built, before any script ran."""
+    return BeautifulSoup((HTML / page).read_text(encoding="utf-8"), "html.parser")
+
+
+def pages_with(selector: str) -> list[str]:
+    """Every book page whose static HTML has `selector`; at least one, or the check would be vacuous."""
+    found = [page for page in book_pages() if static_html(page).select_one(selector)]
+    if not found:
+        pytest.fail(f"no built page has {selector!r} to check in a browser")
+    return found
 
 
 def page_requests(netlog: Path, site: str) -> list[str]:
@@ -139,36 +161,48 @@ def visit(chromium: str, site: str, tmp_path_factory: pytest.TempPathFactory) ->
     return open_page
 
 
-def test_plotly_draws_every_figure(visit: Opener, record_property: Recorder) -> None:
-    page = first_page_with(FIGURE_DIV)
-    seen = visit(page)
-    record_property("screenshot", str(seen.screenshot))
-    print(f"screenshot of {page}: {seen.screenshot}")
-    figures = seen.dom.select(FIGURE_DIV)
-    assert figures, f"{page}: no figure in the browser's DOM (screenshot: {seen.screenshot})"
-    for figure in figures:
-        # plotly.js creates svg.main-svg when it draws; the static HTML has an empty div.
-        drawn = figure.select_one("svg.main-svg")
-        assert drawn, f"{page}: figure {figure.get('id')} not drawn (screenshot: {seen.screenshot})"
+def test_plotly_draws_every_figure_of_every_page(visit: Opener, record_property: Recorder) -> None:
+    problems = []
+    for page in pages_with(FIGURE_DIV):
+        seen = visit(page)
+        record_property(f"screenshot {page}", str(seen.screenshot))
+        built = [figure["id"] for figure in static_html(page).select(FIGURE_DIV)]
+        in_browser = {figure.get("id"): figure for figure in seen.dom.select(FIGURE_DIV)}
+        for figure_id in built:
+            # plotly.js fills the built page's empty div with svg.main-svg and a group per trace.
+            svg = in_browser[figure_id].select_one("svg.main-svg") if figure_id in in_browser else None
+            if svg is None or not svg.select_one(DRAWN_TRACE):
+                problems.append(f"{page}: figure {figure_id} not drawn (screenshot: {seen.screenshot})")
+    assert not problems, "figures a real browser did not draw:\n" + "\n".join(problems)
 
 
-def test_mathjax_typesets_every_formula(visit: Opener, record_property: Recorder) -> None:
-    page = first_page_with(MATH)
-    seen = visit(page)
-    record_property("screenshot", str(seen.screenshot))
-    formulas = seen.dom.select(MATH)
-    assert formulas and all(f.select_one("mjx-container") for f in formulas), (
-        f"{page}: MathJax did not typeset every formula (screenshot: {seen.screenshot})"
-    )
-    assert not seen.dom.select("mjx-merror"), f"{page}: MathJax reported a TeX error"
+def test_mathjax_typesets_every_formula_of_every_page(visit: Opener, record_property: Recorder) -> None:
+    problems = []
+    for page in pages_with(MATH):
+        seen = visit(page)
+        record_property(f"screenshot {page}", str(seen.screenshot))
+        formulas = seen.dom.select(MATH)
+        if not formulas or not all(f.select_one("mjx-container") for f in formulas):
+            problems.append(f"{page}: MathJax did not typeset every formula (screenshot: {seen.screenshot})")
+        if seen.dom.select("mjx-merror"):
+            problems.append(f"{page}: MathJax reported a TeX error (screenshot: {seen.screenshot})")
+    assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("selector", [FIGURE_DIV, MATH])
-def test_pages_fetch_everything_from_the_site(visit: Opener, site: str, selector: str) -> None:
-    page = first_page_with(selector)
-    requests = visit(page).requests
-    external = [url for url in requests if not url.startswith(f"{site}/")]
-    assert not external, f"{page} requested from outside the site: {external}"
-    # And the assets did come from the site (so the checks above were not vacuous).
-    expected = "/plotly.min.js" if selector == FIGURE_DIV else "/fonts/woff-v2/"
-    assert any(expected in url for url in requests), f"{page} never requested {expected} from the site: {requests}"
+def test_every_page_fetches_everything_from_the_site(visit: Opener, site: str) -> None:
+    external = {}
+    for page in book_pages():
+        requests = visit(page).requests
+        if outside := [url for url in requests if not url.startswith(f"{site}/")]:
+            external[page] = outside
+    assert not external, f"pages requested from outside the site: {external}"
+
+
+@pytest.mark.parametrize("selector, asset", [(FIGURE_DIV, "/plotly.min.js"), (MATH, "/fonts/woff-v2/")])
+def test_figure_and_math_assets_come_from_the_site(visit: Opener, site: str, selector: str, asset: str) -> None:
+    """The pages did load plotly.js and MathJax's fonts, from the site: the checks above are not vacuous."""
+    for page in pages_with(selector):
+        requests = visit(page).requests
+        assert any(url.startswith(f"{site}/") and asset in url for url in requests), (
+            f"{page} never requested {asset} from the site: {requests}"
+        )

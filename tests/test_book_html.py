@@ -17,6 +17,8 @@ from bs4 import BeautifulSoup
 
 from llmops_lib.viz import PLOTLY_MIME
 
+pytestmark = pytest.mark.book
+
 ROOT = Path(__file__).resolve().parents[1]
 # make book builds with --path-output book/, so the output sits in book/_build.
 BUILD = ROOT / "book" / "_build"
@@ -29,6 +31,8 @@ MATH = ".math"  # Sphinx's class for inline and display math, before MathJax typ
 FETCHING_LINK_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "preconnect", "dns-prefetch", "icon"}
 # A URL in inline code that points at code or styles (a script, a stylesheet, a loader's base path).
 CODE_URL = re.compile(r"""https?://[^\s"'`<>()]+?(?:\.m?js|\.css|/)(?=[\s"'`?#)<]|$)""")
+# A MyST role the build left as text ({cite}`key` shows as "{cite}" beside the key in <code>).
+RAW_ROLE = re.compile(r"\{(?:cite|term|ref|numref|doc|eq|glue|download|abbr)(?::[\w-]+)*\}")
 
 
 def is_external(url: str) -> bool:
@@ -144,3 +148,26 @@ def test_tables_printed_by_cells_are_real_tables(pages):
             if sum(line.startswith("|") and line.rstrip().endswith("|") for line in p.get_text().splitlines()) >= 2
         ]
         assert not raw, f"{name}: a cell printed a Markdown table that was not rendered: {raw[0]!r}"
+
+
+def test_no_page_shows_a_raw_role_or_an_unresolved_reference(pages: dict[str, BeautifulSoup]) -> None:
+    """The build's -W -n should refuse these; this reads what a reader would see, whatever the build said.
+
+    Sphinx leaves a cross-reference it could not resolve ({term}, {ref}, {numref}, {doc}) as its bare
+    text, still classed `xref`, outside any link; sphinxcontrib-bibtex drops a citation key it cannot
+    find, leaving a `bibtex-citation` with no link in it.
+    """
+    problems = []
+    for name, page in pages.items():
+        body = page.select_one("main") or page
+        prose = BeautifulSoup(str(body), "html.parser")
+        for code in prose.select("pre, script, style, div.cell_input"):  # code may hold braces legitimately
+            code.decompose()
+        problems += [f"{name}: raw role {match!r} in the text" for match in RAW_ROLE.findall(prose.get_text(" "))]
+        for xref in body.select(".xref"):
+            if xref.find_parent("a") is None:
+                problems.append(f"{name}: unresolved {' '.join(xref.get('class', []))} {xref.get_text()!r}")
+        for citation in body.select(".bibtex-citation"):
+            if citation.find("a") is None:
+                problems.append(f"{name}: unresolved citation {citation.get_text()!r}")
+    assert not problems, "unresolved roles on built pages:\n" + "\n".join(problems)

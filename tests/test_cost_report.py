@@ -11,7 +11,7 @@ import yaml
 
 from llmops_lib.errors import RunbookParameterError
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route, Rule
-from llmops_lib.observe.request_log import RequestLog
+from llmops_lib.observe.request_log import RequestLogReader
 from llmops_lib.runbooks import ExitCode, run_runbook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def traffic(server, tmp_path_factory) -> dict:
     assert served == ["small", "large", "cache", "cache"], (
         "short prompt to small, long to large, repeats from the cache"
     )
-    with RequestLog(config.request_log) as reader:
+    with RequestLogReader(config.request_log) as reader:
         rows = reader.rows()
     return {"log": config.request_log, "config": str(config_path), "rows": rows}
 
@@ -123,3 +123,27 @@ def test_unknown_or_ill_typed_parameters_are_refused_before_anything_runs(parame
     with pytest.raises(RunbookParameterError, match=match):
         run_runbook(RUNBOOK, parameters)
     assert (set(runs.iterdir()) if runs.is_dir() else set()) == before
+
+
+def test_prices_are_validated_once_and_an_unknown_deployment_names_the_priced_ones(tmp_path):
+    from pydantic import ValidationError
+
+    from llmops_lib.errors import SpecError
+    from llmops_lib.gateway import load_config
+    from llmops_lib.observe.cost import Price, PriceTable
+
+    table = PriceTable(PRICES)
+    assert table.cost("large", 1000, 500) == pytest.approx(0.5 + 1.0) and "small" in table and "x" not in table
+    with pytest.raises(SpecError, match=r"no price for deployment 'huge': the price table has \['large', 'small'\]"):
+        table.cost("huge", 1, 1)
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        Price(per_1k_input_usd=-0.1, per_1k_output_usd=0.2)
+    config = tmp_path / "gateway.yaml"
+    for prices, where in (
+        ({"small": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.4, "per_hours_usd": 1}}, "per_hours_usd"),
+        ({"small": {"per_1k_input_usd": 0.1}}, "per_1k_output_usd"),
+        ({"small": {"per_1k_input_usd": 0.1, "per_1k_output_usd": "cheap"}}, "per_1k_output_usd"),
+    ):
+        config.write_text(yaml.safe_dump({"routes": [], "prices": prices}))
+        with pytest.raises(SpecError, match=rf"prices\.small\.{where}"):
+            load_config(config).price_table()

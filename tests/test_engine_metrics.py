@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from llmops_lib.observe.engine_metrics import COMMON_NAMES, common_samples, engine_of, parse_metrics
+from llmops_lib.engines.metrics import COMMON_NAMES, common_samples, engine_of, parse_metrics
+from llmops_lib.errors import EngineError
 
 VLLM_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -15,15 +16,29 @@ vllm:generation_tokens_total{engine="1",model_name="gemma"} 30.0
 vllm:prefix_cache_hits_total{engine="0",model_name="gemma"} 1344.0
 vllm:time_to_first_token_seconds_sum{engine="0",model_name="gemma"} 0.75 1700000000000
 """
-LLAMA_TEXT = "# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total 42\nllamacpp:requests_processing 1\n"
-GATEWAY_TEXT = 'llmops_gateway_tokens_total{model="m",deployment="a",direction="in"} 7.0\nllmops_gateway_tokens_total{model="m",deployment="a",direction="out"} 5.0\n'
+LLAMA_TEXT = """# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 42
+llamacpp:requests_processing 1
+"""
+GATEWAY_TEXT = """llmops_gateway_tokens_total{model="m",deployment="a",direction="in"} 7.0
+llmops_gateway_tokens_total{model="m",deployment="a",direction="out"} 5.0
+"""
 
 
 def test_parse_keeps_labels_skips_comments_and_reads_timestamped_samples():
-    samples = parse_metrics(VLLM_TEXT + 'garbage line here\nbad{x="1"} notanumber\n')
+    samples = parse_metrics(VLLM_TEXT + 'path_hits{path="a\\"b"} 3\n')
     assert samples['vllm:num_requests_running{engine="0",model_name="gemma"}'] == 2.0
     assert samples['vllm:time_to_first_token_seconds_sum{engine="0",model_name="gemma"}'] == 0.75
-    assert not any(name.startswith(("#", "garbage", "bad")) for name in samples)
+    assert samples['path_hits{path="a\\"b"}'] == 3.0, "an escaped quote in a label value stays escaped"
+    assert len(samples) == 6 and not any(name.startswith("#") for name in samples)
+
+
+@pytest.mark.parametrize("line", ["garbage line here", 'bad{x="1"} notanumber', 'unclosed{x="1" 2'])
+def test_a_malformed_exposition_is_refused_whole(line):
+    with pytest.raises(EngineError, match="not a Prometheus text exposition"):
+        parse_metrics(VLLM_TEXT + line + "\n")
+    with pytest.raises(EngineError, match="not a Prometheus text exposition"):
+        common_samples(line + "\n")
 
 
 @pytest.mark.parametrize(
@@ -48,8 +63,20 @@ def test_each_engine_reads_the_same_under_common_names(text, engine, expected):
     assert common_samples(text) == expected, "summed over labels, label filters applied, absent names absent"
 
 
-def test_every_common_name_has_series():
-    assert all(series for series in COMMON_NAMES.values())
+@pytest.mark.parametrize(
+    "common, series", [(common, series) for common, group in COMMON_NAMES.items() for series in group]
+)
+def test_every_listed_series_is_read_under_its_common_name(common, series):
+    """Each series of the mapping, alone in an exposition (its label filter as the sample's labels),
+    reads as its common name and no other; that the engines really export these names is checked
+    against real servers (below and in tests/test_vllm.py)."""
+    assert common_samples(f"{series} 3\n") == {common: 3.0}
+    name, label_filter, _ = series.partition("{")
+    if label_filter:
+        assert common_samples(f'{name}{{other="x"}} 3\n') == {}, "a sample without the filter's label is not read"
+
+
+def test_text_of_no_engine_has_no_engine():
     assert engine_of("# nothing\n") is None
 
 

@@ -1,13 +1,16 @@
 """llama.cpp for real: in-process and as llama-server, on the default model."""
 
 import time
+from dataclasses import replace
 
 import httpx
 import psutil
 import pytest
 
+from llmops_lib.config import settings
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.errors import EngineError, ModelError
+from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
 
 pytestmark = pytest.mark.engine
 
@@ -68,7 +71,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
 
 def test_stop_leaves_no_process(spec):
     engine = LlamaServer(spec).start()
-    pid = engine._process.pid
+    pid = engine.pid
     assert httpx.get(f"{engine.base_url}/health").status_code == 200
     engine.stop()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -85,18 +88,40 @@ def test_missing_model_is_refused_before_starting(tmp_path):
         LlamaServer(EngineSpec(model=tmp_path / "absent.gguf")).start()
 
 
-def test_engine_crash_at_start_reports_its_log(tmp_path):
+def test_damaged_model_is_refused_before_starting(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 1024)  # right magic, nothing valid behind it
-    with pytest.raises(EngineError, match="exited with code") as raised:
-        LlamaServer(EngineSpec(model=broken, threads=1), start_timeout_s=60).start()
-    assert "log:" in str(raised.value)
+    engine = LlamaServer(EngineSpec(model=broken, threads=1), start_timeout_s=60)
+    with pytest.raises(ModelError):
+        engine.start()
+    assert not engine.running() and engine.log_path is None, "no process started, no log left"
+
+
+def test_engine_crash_at_start_reports_its_log(spec):
+    engine = LlamaServer(replace(spec, extra_args=("--no-such-flag",)), start_timeout_s=60)
+    with pytest.raises(EngineError, match="exited with code .*no-such-flag") as raised:
+        engine.start()
+    assert f"log: {engine.log_path}" in str(raised.value)
+    assert not engine.running()
+
+
+def test_the_gateway_is_a_child_server_like_an_engine(server):
+    config = GatewayConfig(routes=[Route(model="m", deployments=[Deployment(name="a", url=server.base_url)])])
+    with pytest.raises(EngineError, match=f"port {server.port} .* in use"):
+        GatewayServer(config, port=server.port).start()
+    with GatewayServer(config) as gateway:
+        pid = gateway.pid
+        assert httpx.get(gateway.base_url + "/health", timeout=10).status_code == 200
+        assert gateway.config_path.parent == gateway.log_path.parent == settings().logs_dir / "gateway"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(EngineError, match="not running"):
+        _ = gateway.base_url
 
 
 def test_server_dying_mid_request_is_an_engine_error(spec):
     with LlamaServer(spec) as engine:
         stream = engine.client.stream_events("Tell a long story.", max_tokens=500, ignore_eos=True)
         next(stream)
-        engine._process.kill()
+        engine.kill()  # as a crash would: SIGKILL, no goodbye
         with pytest.raises(EngineError):
             list(stream)

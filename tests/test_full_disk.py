@@ -1,4 +1,5 @@
-"""A full disk gives one clear line and leaves nothing half-written (real tmpfs of a fixed size)."""
+"""A full disk gives one clear line and leaves nothing half-written (real tmpfs of a fixed size,
+the `small_disk` fixture of conftest.py)."""
 
 import os
 import shutil
@@ -13,27 +14,6 @@ from llmops_lib.models import default_model
 from llmops_lib.runbooks import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """Mount a tmpfs of a given size (needs root, as in CI); unmounted afterwards."""
-    mounts = []
-
-    def mount(size_mib: int) -> Path:
-        point = tmp_path / f"disk{len(mounts)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(point)], capture_output=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.decode().strip()}")
-        mounts.append(point)
-        return point
-
-    yield mount
-    for point in mounts:
-        subprocess.run(["umount", str(point)], check=False)
 
 
 def fill(disk: Path) -> None:

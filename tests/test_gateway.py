@@ -10,7 +10,7 @@ import pytest
 
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayAdmin, GatewayConfig, GatewayServer, Route
-from llmops_lib.observe.request_log import RequestLog
+from llmops_lib.observe.request_log import RequestLogReader
 
 DEAD_URL = "http://127.0.0.1:9"
 
@@ -36,7 +36,7 @@ def gateway(server, tmp_path_factory):
 
 
 def _rows(log, ids: set[str] = frozenset()) -> list[dict]:
-    with RequestLog(log) as reader:
+    with RequestLogReader(log) as reader:
         return reader.rows_including(ids)
 
 
@@ -142,3 +142,38 @@ def test_load_test_runbook_through_the_gateway(gateway):
     assert len(_rows(log)) - before >= run.records["completed"] > 0, (
         "every request of the load test is in the gateway's log"
     )
+
+
+def test_feedback_for_an_answered_request_is_kept_and_for_an_unknown_id_is_404(gateway):
+    gw, log = gateway
+    answered = httpx.post(
+        gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Rate me", "max_tokens": 2}, timeout=60
+    )
+    request_id = answered.headers["x-request-id"]
+    kept = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": request_id, "score": 1, "comment": "ok"})
+    unknown = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": "req-never-issued", "score": 1})
+    assert answered.status_code == 200 and kept.status_code == 200 and kept.json() == {"ok": True}
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "request_id"
+    deadline = time.monotonic() + 30  # the gateway writes its log in the background
+    while time.monotonic() < deadline:
+        with RequestLogReader(log) as reader:
+            rated = [row for row in reader.feedback_rows() if row["request_id"] == request_id]
+        if rated:
+            break
+        time.sleep(0.2)
+    assert [(row["score"], row["comment"], row["deployment"]) for row in rated] == [(1.0, "ok", "a")]
+    with RequestLogReader(log) as reader:
+        assert all(row["request_id"] != "req-never-issued" for row in reader.feedback_rows())
+
+
+def test_chat_to_a_model_without_a_chat_template_is_400_pointing_to_completions(gateway, model_path):
+    from llmops_lib.models import inspect_gguf
+
+    assert not inspect_gguf(model_path).has_chat_template, "the default model is the base Gemma 3: no template"
+    response = httpx.post(
+        gateway[0].base_url + "/v1/chat/completions",
+        json={"model": "gemma", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
+        timeout=60,
+    )
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "no_chat_template" and "/v1/completions" in error["message"]

@@ -12,10 +12,11 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
-from llmops_lib.observe.request_log import RequestLog
+from llmops_lib.observe.request_log import RequestLogReader
 
 pytestmark = pytest.mark.engine
 
@@ -26,7 +27,7 @@ def _gateway(tmp_path, deployments: list[Deployment], **options) -> GatewayServe
 
 
 def _rows_for(log_path, ids: set[str]) -> list[dict]:
-    with RequestLog(log_path) as log:
+    with RequestLogReader(log_path) as log:
         return log.rows_including(ids)
 
 
@@ -97,12 +98,16 @@ def test_engine_killed_mid_stream_error_event_then_failover(server, model_path, 
 
 
 def _queue_depth(base_url: str, priority: str) -> float:
-    text = httpx.get(base_url + "/metrics", timeout=10).text
-    line = next(
-        (line for line in text.splitlines() if line.startswith(f'llmops_gateway_queue_depth{{priority="{priority}"}}')),
-        None,
+    families = text_string_to_metric_families(httpx.get(base_url + "/metrics", timeout=10).text)
+    return next(
+        (
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "llmops_gateway_queue_depth" and sample.labels.get("priority") == priority
+        ),
+        0.0,
     )
-    return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
 
 def _wait_for(condition, timeout_s: float = 30.0) -> None:

@@ -1,11 +1,16 @@
 """The default model, checksums and GGUF inspection, on the real file."""
 
+import os
 import shutil
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from llmops_lib.errors import ModelError
-from llmops_lib.models import default_model, inspect_gguf, sha256_file, verify_sha256
+from llmops_lib.models import check_gguf, default_model, inspect_gguf, sha256_file, verify_sha256
 
 
 def test_default_model_is_the_verified_gemma3_270m(model_path):
@@ -40,6 +45,7 @@ def test_corrupt_default_model_is_refused_naming_file_and_checksum(tmp_path, mon
     assert package.EXPECTED_SHA256 in str(raised.value)
 
 
+@pytest.mark.model  # assembles a second copy of the model: not for `make unit`
 def test_default_model_is_assembled_into_a_fresh_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
     path = default_model()
@@ -64,3 +70,130 @@ def test_non_gguf_and_missing_files_are_refused(tmp_path):
         inspect_gguf(text)
     with pytest.raises(ModelError, match="not found"):
         inspect_gguf(tmp_path / "absent.gguf")
+
+
+# --- structural validation: one altered header byte is refused, naming the problem ------------------
+
+# The parameter count of the default model as gguf.GGUFReader (the gguf package's own reader, 25–60 s
+# on this file) counts it: sum of the element counts of its 236 tensors. An independent oracle.
+GGUF_READER_PARAMETERS = 268_098_176
+
+
+def test_real_model_passes_and_counts_what_gguf_reader_counts(model_path):
+    info = inspect_gguf(model_path)
+    assert info.parameters == GGUF_READER_PARAMETERS
+    assert check_gguf(model_path).tensors[0].offset == 0
+
+
+def _entry_positions(head: bytes, name: str) -> dict[str, int]:
+    """Byte positions of one tensor-table entry (name, n_dims, dims, type, offset), found by its name."""
+    encoded = name.encode()
+    at = head.find(struct.pack("<Q", len(encoded)) + encoded)
+    assert at > 0, name
+    n_dims_at = at + 8 + len(encoded)
+    n_dims = struct.unpack_from("<I", head, n_dims_at)[0]
+    return {"dims": n_dims_at + 4, "type": n_dims_at + 4 + 8 * n_dims, "offset": n_dims_at + 8 + 8 * n_dims}
+
+
+@pytest.fixture(scope="module")
+def damaged_copy(tmp_path_factory, model_path) -> Iterator[Path]:
+    """One copy of the real model per module; each test alters it and puts the bytes back."""
+    copy = tmp_path_factory.mktemp("gguf") / "copy.gguf"
+    shutil.copyfile(model_path, copy)
+    yield copy
+    copy.unlink()
+
+
+@contextmanager
+def altered(path: Path, position: int, value: int) -> Iterator[None]:
+    with path.open("r+b") as stream:
+        stream.seek(position)
+        before = stream.read(1)
+        assert before != bytes([value])
+        stream.seek(position)
+        stream.write(bytes([value]))
+    try:
+        yield
+    finally:
+        with path.open("r+b") as stream:
+            stream.seek(position)
+            stream.write(before)
+
+
+def _positions(path: Path) -> dict[str, int]:
+    with path.open("rb") as stream:
+        head = stream.read(8 << 20)  # the header (metadata and tensor table) is 6.5 MB
+    embd, attn_k = _entry_positions(head, "token_embd.weight"), _entry_positions(head, "blk.0.attn_k.weight")
+    return {
+        "tensor count": 8,  # after the magic and the version: 236 becomes 235
+        "token_embd second dimension": embd["dims"] + 8 + 2,  # 262,144 (0x040000) becomes 131,072
+        "attn_k type id": attn_k["type"],  # Q5_0 (6) becomes Q8_0 (8): same block, other size
+        "attn_k offset": attn_k["offset"],  # its lowest byte: unaligned, or aligned but not where the last one ends
+        "metadata count": 16 + 7,  # the top byte of the key count: more keys than the file could hold
+    }
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        ("tensor count", 235, r"bytes after the last tensor's data"),
+        (
+            "token_embd second dimension",
+            0x02,
+            r"'token_embd\.weight' \(Q8_0, shape \[640, 131072\]\), ends at 89,131,520",
+        ),
+        ("attn_k type id", 8, r"'blk\.0\.attn_k\.weight' \(Q8_0, shape \[640, 256\]\), ends at"),
+        ("attn_k type id", 99, r"tensor 'blk\.0\.attn_k\.weight' has type id 99, which no known GGML type has"),
+        (
+            "attn_k offset",
+            0x41,
+            r"'blk\.0\.attn_k\.weight' starts at data offset [\d,]+, not a multiple of the alignment \(32",
+        ),
+        (
+            "attn_k offset",
+            0x40,
+            r"tensor 'blk\.0\.attn_k\.weight' starts at data offset [\d,]+, but the tensor before it",
+        ),
+        ("metadata count", 0x10, r"metadata keys, more than its 253,113,024 bytes can hold"),
+    ],
+)
+def test_one_altered_header_byte_is_refused_naming_the_problem(damaged_copy, where, value, message):
+    with altered(damaged_copy, _positions(damaged_copy)[where], value):
+        with pytest.raises(ModelError, match=message) as raised:
+            inspect_gguf(damaged_copy)
+        with pytest.raises(ModelError, match=message):
+            check_gguf(damaged_copy)
+    assert str(raised.value).startswith(f"{damaged_copy} is a damaged GGUF file: ")
+    assert str(raised.value).endswith("replace it with an intact copy")
+    assert inspect_gguf(damaged_copy).parameters == GGUF_READER_PARAMETERS, "the copy is whole again"
+
+
+@pytest.mark.parametrize(
+    "cut, message",
+    [
+        (1000, r"truncated: its tensors need 253,113,024 bytes, the file has 253,112,024"),
+        (250_000_000, r"the file ends inside its header \(cut short\)"),  # 3.1 MB left: inside the vocabulary
+    ],
+)
+def test_cut_file_is_refused(damaged_copy, cut, message):
+    with damaged_copy.open("r+b") as stream:
+        stream.seek(-cut, os.SEEK_END)
+        tail = stream.read()
+        stream.truncate(damaged_copy.stat().st_size - cut)
+    try:
+        with pytest.raises(ModelError, match=message):
+            check_gguf(damaged_copy)
+    finally:
+        with damaged_copy.open("ab") as stream:
+            stream.write(tail)
+    check_gguf(damaged_copy)
+
+
+def test_bytes_after_the_last_tensor_are_refused(damaged_copy):
+    with damaged_copy.open("ab") as stream:
+        stream.write(b"\0" * 64)
+    try:
+        with pytest.raises(ModelError, match="64 bytes after the last tensor's data"):
+            check_gguf(damaged_copy)
+    finally:
+        os.truncate(damaged_copy, damaged_copy.stat().st_size - 64)

@@ -37,3 +37,13 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make book" in readme
     assert re.search(r"^exec make test$", ci, re.M)
+
+
+def test_make_unit_selects_by_declared_markers_only():
+    """`-m` does not check marker names (--strict-markers covers decorators only): a misspelt name
+    in the Makefile would silently let engine tests into the fast loop."""
+    declared = {marker.split(":")[0] for marker in pyproject()["tool"]["pytest"]["ini_options"]["markers"]}
+    expression = re.search(r"^UNIT_MARKERS := (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    used = set(re.findall(r"\w+", expression)) - {"not", "and", "or"}
+    assert used and used <= declared, f"undeclared markers in UNIT_MARKERS: {used - declared}"
+    assert {"engine", "model", "book", "browser"} <= used, "the fast loop excludes every slow kind of test"

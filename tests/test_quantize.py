@@ -6,12 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from test_full_disk import small_disk  # noqa: F401  (the tmpfs fixture, shared)
 
 from llmops_lib.errors import ModelError, SpecError
 from llmops_lib.optimize.perplexity import eval_text, kl_divergence, log_softmax, perplexity, scored_windows, top_k
 from llmops_lib.optimize.quantize import (
-    QUANT_TYPES,
     Quantizer,
     QuantSettings,
     Variant,
@@ -39,7 +37,7 @@ def test_perplexity_of_hand_made_logits_matches_a_direct_computation():
     logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]], dtype=np.float32)
     targets = [0, 2, 1]
     direct = []
-    for row, target in zip(logits.tolist(), targets):
+    for row, target in zip(logits.tolist(), targets, strict=True):
         direct.append(math.log(math.exp(row[target]) / sum(math.exp(v) for v in row)))
     logprobs = log_softmax(logits)[np.arange(3), targets]
     np.testing.assert_allclose(logprobs, direct, rtol=1e-6)
@@ -65,7 +63,6 @@ def test_unknown_types_and_short_texts_are_refused_clearly():
     with pytest.raises(SpecError, match="token-embedding type 'Q4_K'"):
         Variant.parse("Q4_K_M/embd:Q4_K")
     assert [v.label for v in parse_variants("q8_0, Q4_K_M/embd:q4_0, bf16")] == ["Q8_0", "Q4_K_M/embd:Q4_0", "BF16"]
-    assert len(QUANT_TYPES) == 7
     with pytest.raises(SpecError, match="fewer than one window"):
         scored_windows(100, 512)
 
@@ -110,7 +107,8 @@ def test_a_second_measurement_comes_from_the_cache(quantizer):
         quant_settings=TEST_SETTINGS,
         cache=quantizer.cache,
     )
-    assert other_text._key(Variant("Q8_0")) != quantizer._key(Variant("Q8_0")), "another text is another key"
+    measured = other_text.measure("Q8_0")
+    assert not measured.cached, "another text is another cache key: measured anew"
 
 
 @pytest.mark.engine
@@ -122,7 +120,7 @@ def test_the_token_embedding_type_can_be_set(quantizer):
 
 
 @pytest.mark.engine
-def test_a_full_disk_leaves_no_partial_quantized_file(small_disk, quantizer, monkeypatch):  # noqa: F811
+def test_a_full_disk_leaves_no_partial_quantized_file(small_disk, quantizer, monkeypatch):
     disk = small_disk(40)
     reference = quantizer.reference_path()
     monkeypatch.setenv("LLMOPS_HOME", str(disk))

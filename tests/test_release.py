@@ -7,6 +7,7 @@ behind the real gateway, with real traffic; intervals are seconds so the file ta
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from typer.testing import CliRunner
 
 from llmops_lib.engines import EngineSpec
 from llmops_lib.errors import ModelError, SpecError
-from llmops_lib.models import sha256_file
-from llmops_lib.observe.request_log import RequestLog
+from llmops_lib.gguf_header import read_header
+from llmops_lib.models import inspect_gguf, sha256_file
+from llmops_lib.observe.request_log import RequestLogReader
 from llmops_lib.optimize.quantize import Variant, dequantize_to_f16, quantize
 from llmops_lib.release import Controller, Hook, MetricSpec, Pause, Registry, RolloutSpec, SetWeight
 from llmops_lib.release.cli import rollout_app
@@ -76,12 +78,12 @@ def _weights(env) -> dict[str, int]:
 # --- registry ------------------------------------------------------------------------------
 
 
-def test_register_verifies_checksum_and_load_and_leaves_no_half_entry(registry, model_path, tmp_path):
+def test_register_verifies_structure_checksum_and_load_and_leaves_no_half_entry(registry, model_path, tmp_path):
     with pytest.raises(ModelError, match="expected"):
         registry.register("gemma", model_path, expected_sha256="0" * 64)
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(model_path.read_bytes()[: 4 << 20])  # a GGUF header and a truncated body
-    with pytest.raises(ModelError, match="could not load"):
+    with pytest.raises(ModelError, match=f"cannot register gemma: .*{broken.name}"):
         registry.register("gemma", broken, spec=EngineSpec(model=broken, threads=1))
     assert registry.versions("gemma") == [] and registry.aliases("gemma") == {}
     record = registry.register(
@@ -124,10 +126,31 @@ def test_register_a_hugging_face_folder_with_its_engine_check(registry, tmp_path
         record.verify()
 
 
+def test_every_start_rechecks_the_sha256_of_a_registered_version(registry, model_path, tmp_path):
+    """A weight byte flipped inside a structurally valid file: only the hash recorded at registration sees it."""
+    stable = _stable(registry, model_path)
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(model_path, copy)
+    record = registry.register("gemma", copy, spec=EngineSpec(model=copy, n_ctx=1024, threads=1))
+    header = read_header(copy)
+    largest = max(header.tensors, key=lambda t: t.n_bytes)
+    at = header.data_offset + largest.offset + largest.n_bytes // 2
+    with copy.open("r+b") as stream:
+        stream.seek(at)
+        byte = stream.read(1)[0]
+        stream.seek(at)
+        stream.write(bytes([byte ^ 0x01]))
+    assert inspect_gguf(copy).parameters == inspect_gguf(model_path).parameters  # structurally still valid
+    release = LocalRelease(stable, record, request_log=tmp_path / "requests.sqlite", admin_key=ADMIN)
+    with pytest.raises(ModelError, match=rf"gemma v{record.version}: .*copy.gguf has sha256 .* was changed since"):
+        release.start()
+    assert release.engines == {} and release.gateway is None  # refused before anything started
+
+
 # --- rollouts --------------------------------------------------------------------------------
 
 
-def test_degraded_canary_is_rolled_back_within_one_interval_and_stable_never_fails(registry, model_path, tmp_path):
+def test_degraded_canary_is_rolled_back_at_its_failure_limit_and_stable_never_fails(registry, model_path, tmp_path):
     """The candidate's engine spec has a tiny context (llama.cpp pads it to 256 tokens): longer prompts fail on it."""
     stable = _stable(registry, model_path)
     bad = registry.register(
@@ -178,11 +201,11 @@ def test_degraded_canary_is_rolled_back_within_one_interval_and_stable_never_fai
     counters = [e for e in events if e["type"] == "Measurement" and e["metric"] == gateway_counters.name]
     assert counters and max(e["value"] for e in counters) > 0.05  # Prometheus saw the canary's failures too
     assert len(failed) == metric.failure_limit + 1 and measured[-1] is failed[-1]  # nothing measured after the limit
-    rolled_back = next(e for e in events if e["type"] == "RolledBack")
-    assert rolled_back["at"] - failed[-1]["finished_at"] < metric.interval_s  # before the next measurement was due
+    rolled_back = next(i for i, e in enumerate(events) if e["type"] == "RolledBack")
+    assert rolled_back > events.index(failed[-1])  # the decision followed the failure that exceeded the limit
     assert weights == {"stable": 100} and not canary_running  # canary out of the route, its engine stopped
     assert registry.aliases("gemma") == {"stable": stable.version}
-    with RequestLog(log) as reader:
+    with RequestLogReader(log) as reader:
         rows = reader.rows(since=state.started_at)
     assert any(r["deployment"] == "canary" and r["http_status"] >= 400 for r in rows)  # the canary really failed
     stable_rows = [r for r in rows if r["deployment"] == "stable"]

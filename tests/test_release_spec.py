@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 from llmops_lib.errors import SpecError
-from llmops_lib.release import analysis
-from llmops_lib.release.analysis import (
-    FAILED,
-    INCONCLUSIVE,
-    RUNNING,
-    SUCCESSFUL,
-    Measurement,
-    MetricStatus,
-    judge,
-    outcome,
-)
+from llmops_lib.release import analysis, conditions
+from llmops_lib.release.analysis import Measurement, MetricStatus, judge, outcome
+from llmops_lib.release.phases import AnalysisPhase, Phase
 from llmops_lib.release.rollout import (
     MetricSpec,
     Pause,
@@ -29,6 +21,8 @@ from llmops_lib.release.rollout import (
     steps_from_text,
 )
 from llmops_lib.release.state import RolloutState, RolloutStore
+
+SUCCESSFUL, FAILED, INCONCLUSIVE = AnalysisPhase.SUCCESSFUL, AnalysisPhase.FAILED, AnalysisPhase.INCONCLUSIVE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,23 +62,24 @@ def test_example_specs_load_and_round_trip(path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SetWeight(101), "0..100"),
-        (lambda: SetWeight(-5), "0..100"),
-        (lambda: SetWeight(True), "0..100"),
-        (lambda: Pause("soon"), "duration"),
-        (lambda: metric(query="error_rat"), "unknown request_log query"),
-        (lambda: metric(provider="datadog"), "provider"),
-        (lambda: metric(success_condition="reslt < 1"), "not allowed"),
+        (lambda: SetWeight(101), "weight: Input should be less than or equal to 100"),
+        (lambda: SetWeight(-5), "weight: Input should be greater than or equal to 0"),
+        (lambda: SetWeight(True), "weight: Input should be a valid integer"),
+        (lambda: Pause("soon"), "must be a duration like 30s"),
+        (lambda: metric(query="error_rat"), "query: unknown request_log query 'error_rat'; use one of error_rate"),
+        (lambda: metric(provider="datadog"), "provider: Input should be 'request_log', 'prometheus' or 'evaluation'"),
+        (lambda: metric(success_condition="reslt < 1"), "success_condition: 'reslt' is not allowed"),
         (lambda: metric(success_condition="__import__('os').system('true')"), "not allowed"),
         (lambda: metric(success_condition="result <"), "not a valid expression"),
-        (lambda: metric(success_condition=None), "successCondition"),
-        (lambda: metric(interval_s=0), "more than 0"),
-        (lambda: metric(failure_limit=-1), "failure_limit"),
-        (lambda: metric(on_missing="ignore"), "onMissing"),
-        (lambda: spec(candidate=""), "candidate is missing"),
+        (lambda: metric(success_condition=None), "give a successCondition, a failureCondition or both"),
+        (lambda: metric(interval_s=0), "interval_s: Input should be greater than 0"),
+        (lambda: metric(failure_limit=-1), "failure_limit: Input should be greater than or equal to 0"),
+        (lambda: metric(on_missing="ignore"), "on_missing: Input should be 'inconclusive'"),
+        (lambda: metric(name="Error Rate"), "name: 'Error Rate' must be lower-case letters"),
+        (lambda: spec(candidate=""), "canary.version: the candidate is missing"),
         (lambda: spec(steps=()), "no steps"),
         (lambda: spec(canary_deployment="stable"), "different deployments"),
-        (lambda: spec(metrics=(metric(), metric())), "unique"),
+        (lambda: spec(metrics=(metric(), metric())), "metric names must be unique"),
     ],
 )
 def test_bad_specs_are_refused_with_the_field(make, message):
@@ -92,8 +87,8 @@ def test_bad_specs_are_refused_with_the_field(make, message):
         make()
 
 
-def test_yaml_camel_case_and_unknown_keys():
-    data = {
+def _yaml_spec() -> dict:
+    return {
         "name": "x",
         "model": "gemma",
         "canary": {"version": 3},
@@ -110,31 +105,90 @@ def test_yaml_camel_case_and_unknown_keys():
                 }
             ]
         },
+        "hooks": [{"type": "event", "url": "http://127.0.0.1:9/events", "timeout": "2s"}],
+        "onRestart": "abort",
     }
-    loaded = RolloutSpec.from_dict(data)
+
+
+def test_yaml_is_argo_camel_case_and_snake_case_works_too():
+    loaded = RolloutSpec.from_dict(_yaml_spec())
     assert loaded.candidate == "3" and loaded.steps == (SetWeight(10), Pause(60.0), Pause(None))
-    assert (
-        loaded.metrics[0].interval_s == 0.5
-        and loaded.metrics[0].failure_limit == 2
-        and loaded.metrics[0].needs_baseline
-    )
-    with pytest.raises(SpecError, match="unknown keys"):
-        RolloutSpec.from_dict(data | {"strategy": {}})
-    with pytest.raises(SpecError, match="unknown step"):
-        RolloutSpec.from_dict(data | {"steps": [{"setWieght": 10}]})
-    with pytest.raises(SpecError, match="rollout spec"):
-        RolloutSpec.from_dict(
-            data
-            | {
-                "analysis": {
-                    "metrics": [{"name": "m", "provider": "request_log", "query": "error_rate", "treshold": 1}]
-                }
-            }
-        )
+    assert (loaded.stable_deployment, loaded.canary_deployment, loaded.on_restart) == ("stable", "canary", "abort")
+    only = loaded.metrics[0]
+    assert (only.interval_s, only.failure_limit, only.needs_baseline) == (0.5, 2, True)
+    assert (loaded.hooks[0].kind, loaded.hooks[0].timeout_s) == ("event", 2.0)
+    snake = _yaml_spec() | {"on_restart": "abort"}
+    del snake["onRestart"]
+    snake["analysis"]["metrics"][0] |= {"failure_limit": 2, "success_condition": "result < baseline * 1.2"}
+    del snake["analysis"]["metrics"][0]["failureLimit"], snake["analysis"]["metrics"][0]["successCondition"]
+    assert RolloutSpec.from_dict(snake) == loaded
+    dumped = loaded.to_dict()  # what the state file keeps: Argo's keys, durations as text
+    assert dumped["steps"] == [{"setWeight": 10}, {"pause": {"duration": "60s"}}, {"pause": {}}]
+    assert dumped["analysis"]["metrics"][0]["interval"] == "0.5s" and dumped["onRestart"] == "abort"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d["analysis"]["metrics"][0].update(interval="0s"),
+            "rollout spec: analysis.metrics.0.interval: Input should be greater than 0",
+        ),
+        (
+            lambda d: d["analysis"]["metrics"][0].update(interval="soon"),
+            "analysis.metrics.0.interval: must be a duration like 30s, 500ms or 2m, got 'soon'",
+        ),
+        (
+            lambda d: d["analysis"]["metrics"][0].update(failureLimit=-1),
+            "analysis.metrics.0.failureLimit: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda d: d["analysis"]["metrics"][0].update(successCondition="result < 1; import os"),
+            "analysis.metrics.0.successCondition: 'result < 1; import os' is not a valid expression",
+        ),
+        (lambda d: d["steps"].insert(0, {"setWeight": 150}), "steps.0.setWeight: Input should be less than or equal"),
+        (lambda d: d["steps"].append({"pause": {"duration": "2m", "then": 1}}), "steps.3.pause: a pause takes only"),
+        (lambda d: d["steps"].append({"setWieght": 10}), "steps.3: each step has one key: setWeight"),
+        (lambda d: d["hooks"][0].update(type="approve"), "hooks.0.type: Input should be 'confirm-rollout'"),
+        (lambda d: d["hooks"][0].update(url="ftp://x"), "hooks.0.url: must start with http:// or https://"),
+        (lambda d: d.update(onRestart="retry"), "onRestart: Input should be 'resume' or 'abort'"),
+        (lambda d: d["canary"].pop("version"), "canary.version: the candidate is missing"),
+        (lambda d: d.pop("model"), "model: is required"),
+    ],
+)
+def test_a_bad_value_is_named_by_its_path_as_written(change, message):
+    data = _yaml_spec()
+    change(data)
+    with pytest.raises(SpecError) as refused:
+        RolloutSpec.from_dict(data)
+    assert message in str(refused.value)
+
+
+def test_unknown_keys_are_refused_with_the_keys_accepted_there():
+    with pytest.raises(SpecError, match=r"strategy: unknown key; accepted here: analysis, canary, hooks, model, name"):
+        RolloutSpec.from_dict(_yaml_spec() | {"strategy": {}})
+    data = _yaml_spec()
+    data["analysis"]["metrics"][0]["treshold"] = 1
+    data["canary"]["weight"] = 5
+    with pytest.raises(SpecError) as refused:
+        RolloutSpec.from_dict(data)
+    assert "canary.weight: unknown key; accepted here: deployment, url, version" in str(refused.value)
+    assert "analysis.metrics.0.treshold: unknown key; accepted here: consecutiveErrorLimit, count" in str(refused.value)
+
+
+def test_a_rollout_file_names_itself_and_the_path(tmp_path):
+    import yaml
+
+    data = _yaml_spec()
+    data["analysis"]["metrics"][0]["interval"] = -1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=rf"^{path}: analysis.metrics.0.interval: must not be negative, got -1$"):
+        load_rollout(path)
 
 
 def test_durations_and_compact_steps():
-    assert parse_duration("2m", "x") == 120 and parse_duration("250ms", "x") == 0.25 and parse_duration(3, "x") == 3
+    assert parse_duration("2m") == 120 and parse_duration("250ms") == 0.25 and parse_duration(3) == 3
     assert steps_from_text("20, pause:10s, 50, pause") == (SetWeight(20), Pause(10.0), SetWeight(50), Pause())
     with pytest.raises(SpecError):
         steps_from_text("20,wait")
@@ -160,7 +214,7 @@ def test_measurement_phase_follows_argo(success, failure, value, expected):
 def test_outcome_failure_limit_inconclusive_and_missing_data():
     m = metric(failure_limit=1, count=None)
     status = MetricStatus()
-    assert outcome([m], {"error-rate": status})[0] == RUNNING  # no data is never a pass
+    assert outcome([m], {"error-rate": status})[0] == AnalysisPhase.RUNNING  # no data is never a pass
     for phase in (SUCCESSFUL, FAILED):
         status.add(Measurement("error-rate", phase, 0, 1))
     assert outcome([m], {"error-rate": status})[0] == SUCCESSFUL  # one failure is within failureLimit 1
@@ -171,7 +225,7 @@ def test_outcome_failure_limit_inconclusive_and_missing_data():
     assert outcome([m], {"error-rate": flaky})[0] == INCONCLUSIVE
     broken = MetricStatus()
     for _ in range(5):
-        broken.add(Measurement("error-rate", analysis.ERROR, 0, 1))
+        broken.add(Measurement("error-rate", AnalysisPhase.ERROR, 0, 1))
     assert outcome([m], {"error-rate": broken})[0] == FAILED
 
 
@@ -180,7 +234,7 @@ class _Rows:
         self.rows = rows
 
     def read(self, query, targets, since, until):
-        return [analysis.REQUEST_LOG_QUERIES[query](analysis._served(self.rows, t.deployment)) for t in targets]
+        return [analysis.READERS[query](analysis._served(self.rows, t.deployment)) for t in targets]
 
 
 def test_measure_reads_canary_and_baseline_and_handles_missing():
@@ -203,7 +257,25 @@ def test_measure_reads_canary_and_baseline_and_handles_missing():
     assert missing.phase == INCONCLUSIVE and "missing data" in missing.message
 
 
-def test_store_is_atomic_and_audit_survives_a_torn_line(tmp_path):
+def test_an_interrupted_save_leaves_the_previous_state_and_no_partial_file(tmp_path):
+    store = RolloutStore("r", tmp_path)
+    state = RolloutState(
+        name="r", spec=spec().to_dict(), phase="Pending", candidate_version="2", stable_version="1", started_at=1.0
+    )
+    store.save(state)
+    before = store.state_path.read_bytes()
+    state.phase, state.step_index = Phase.PROGRESSING, 1
+    state.metrics = {"error-rate": {"measured": 1, "last_at": object()}}  # json.dump fails half-way through
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        store.save(state)
+    assert store.state_path.read_bytes() == before and sorted(p.name for p in tmp_path.joinpath("r").iterdir()) == [
+        "state.json"
+    ]
+    loaded = store.load()
+    assert loaded.phase is Phase.PENDING and loaded.step_index == -1
+
+
+def test_audit_survives_a_torn_line_and_a_running_rollout_is_not_archived(tmp_path):
     store = RolloutStore("r", tmp_path)
     state = RolloutState(
         name="r", spec=spec().to_dict(), phase="Pending", candidate_version="2", stable_version="1", started_at=1.0
@@ -217,6 +289,43 @@ def test_store_is_atomic_and_audit_survives_a_torn_line(tmp_path):
         store.archive()
     with store.controller_lock(), pytest.raises(Exception, match="another controller"), store.controller_lock():
         pass
+
+
+def test_phases_say_when_they_are_final():
+    assert [p for p in Phase if p.done] == [Phase.PROMOTED, Phase.ROLLED_BACK]
+    assert [p for p in AnalysisPhase if not p.completed] == [AnalysisPhase.RUNNING]
+    assert json.loads(json.dumps({"phase": Phase.ROLLED_BACK})) == {"phase": "RolledBack"}  # as the audit keeps it
+
+
+def test_every_request_log_query_of_the_grammar_has_a_reader():
+    assert analysis.READERS.keys() == conditions.REQUEST_LOG_QUERIES.keys()
+
+
+def test_rollout_status_lists_what_it_can_read_and_names_a_corrupt_state(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from llmops_lib.release.cli import rollout_app
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    RolloutStore("good").save(
+        RolloutState(name="good", spec={}, phase="Paused", candidate_version="2", stable_version="1", started_at=1.0)
+    )
+    broken = RolloutStore("broken")
+    broken.dir.mkdir(parents=True)
+    broken.state_path.write_text('{"name": "broken", "phase": ')  # e.g. a disk filled by something else
+    result = CliRunner().invoke(rollout_app, ["status"])
+    assert result.exit_code == 4 and isinstance(result.exception, SystemExit)  # an exit, not a traceback
+    assert "good: Paused" in result.output and "the state of rollout 'broken'" in result.output
+
+
+def test_registry_list_of_an_unknown_model_says_so(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from llmops_lib.release.cli import registry_app
+
+    monkeypatch.setenv("LLMOPS_REGISTRY_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(registry_app, ["list", "nope"])
+    assert result.exit_code == 2 and "no model 'nope' in the registry" in result.output
 
 
 def test_hooks_as_callables_and_http(tmp_path):
@@ -273,7 +382,7 @@ def test_cli_help():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"steps": [{"setWeight": 150}]}, "0..100"),
+        ({"steps": [{"setWeight": 150}]}, "steps.0.setWeight: Input should be less than or equal to 100"),
         (
             {
                 "analysis": {
@@ -282,7 +391,7 @@ def test_cli_help():
                     ]
                 }
             },
-            "unknown request_log query",
+            "analysis.metrics.0.query: unknown request_log query 'latency'",
         ),
         ({"canary": {"deployment": "canary"}}, "candidate is missing"),
     ],

@@ -1,10 +1,11 @@
 """Speculative decoding: same greedy output, acceptance reported, and a policy that turns it off."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from llmops_lib.engines import LlamaServer
+from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.engines.llamacpp import ServerTimings
 from llmops_lib.errors import SpecError
 from llmops_lib.optimize.prompt_lookup import PromptLookupEngine
@@ -23,6 +24,8 @@ from llmops_lib.optimize.speculative import (
 )
 
 COPY_HEAVY = [w for w in WORKLOADS.values() if w.kind == "copy-heavy"]
+# For checks refused before anything is loaded: no model needed (the file does not exist).
+NO_MODEL = EngineSpec(model=Path("not-loaded.gguf"), threads=1)
 
 
 def timings(tokens_per_s: float, drafted: int = 0, accepted: int = 0) -> ServerTimings:
@@ -101,7 +104,7 @@ def test_ngram_lookup_and_draft_length_reach_the_drafter(server, spec):
     assert never.identical and short.identical
 
 
-def test_best_setting_is_the_fastest_that_kept_the_output(spec):
+def test_best_setting_is_the_fastest_that_kept_the_output():
     def setting(lookup: int, speedups: list[float], identical: bool = True) -> NgramSetting:
         rows = tuple(Comparison("w", "copy-heavy", 10.0, 10.0 * x, 10, 9, identical) for x in speedups)
         return NgramSetting(lookup, 16, rows)
@@ -110,7 +113,7 @@ def test_best_setting_is_the_fastest_that_kept_the_output(spec):
     assert best_setting(found).lookup == 6  # the weakest workload decides; a changed output disqualifies
     assert best_setting(found[2:]).lookup == 9
     with pytest.raises(SpecError, match="n-gram spec_type"):
-        sweep_ngram(None, spec, COPY_HEAVY)  # spec without speculation: refused before anything starts
+        sweep_ngram(None, NO_MODEL, COPY_HEAVY)  # spec without speculation: refused before anything starts
 
 
 @pytest.mark.engine
@@ -120,19 +123,23 @@ def test_draft_model_speculation_keeps_greedy_output(server, draft_server):
 
 
 @pytest.mark.engine
-def test_adaptive_policy_turns_a_losing_speculation_off(server, draft_server):
-    # A draft model as large as the model itself costs more than it saves on free text.
+def test_adaptive_policy_serves_the_way_it_measured_faster(server, draft_server):
+    # Which way wins is a speed, so it depends on the machine; what the policy does with the speeds
+    # does not: measure plain, then speculative, then serve the faster one (margin 0).
     warm_up(server, draft_server)
     adaptive = AdaptiveServer(server, draft_server, AdaptiveSpeculation(samples=1, margin=0.0))
     free_text = WORKLOADS["free text"]
     served = [adaptive.generate(free_text, max_tokens=32) for _ in range(3)]
-    assert [g.speculative for g in served] == [False, True, False]
-    assert not adaptive.policy.speculation_pays(free_text.name)
+    plain, speculative, third = served
+    assert (plain.speculative, speculative.speculative) == (False, True), "one measurement of each way first"
+    assert third.speculative == (speculative.tokens_per_s > plain.tokens_per_s)
+    stats = adaptive.policy.arms[free_text.name]
+    assert (stats[False].requests, stats[True].requests) == (2 - third.speculative, 1 + third.speculative)
 
 
-def test_prompt_lookup_and_repeat_settings_are_checked(spec):
+def test_prompt_lookup_and_repeat_settings_are_checked():
     with pytest.raises(SpecError, match="num_pred_tokens >= 0"):
-        PromptLookupEngine(spec, num_pred_tokens=-1)
+        PromptLookupEngine(NO_MODEL, num_pred_tokens=-1)
     with pytest.raises(SpecError, match="repeats >= 1"):
         compare(None, None, COPY_HEAVY, repeats=0)
 

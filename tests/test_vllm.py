@@ -9,6 +9,7 @@ here asserts a speed: only what the server did (tokens, cache hits, accepted dra
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -22,10 +23,10 @@ import pytest
 from llmops_lib.config import settings
 from llmops_lib.engines import EngineSpec, VLLMEngine, make_engine
 from llmops_lib.engines.hf_export import export_hf, hf_export_dir, vllm_python
+from llmops_lib.engines.metrics import common_samples
 from llmops_lib.engines.spec import VLLM_KV_CACHE_DTYPES, VLLM_QUANTIZATIONS
 from llmops_lib.engines.vllm import speculative_config
 from llmops_lib.errors import EngineError, ModelError, SpecError
-from llmops_lib.observe.engine_metrics import common_samples
 from llmops_lib.runbooks import ExitCode, run_runbook
 
 pytestmark = pytest.mark.engine
@@ -41,14 +42,9 @@ COPY_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def vllm_spec(spec) -> EngineSpec:
-    """The spec the llama.cpp tests run: one spec, both engines."""
-    return spec
-
-
-@pytest.fixture(scope="module")
-def vllm_server(vllm_spec):
-    with VLLMEngine(vllm_spec) as server:
+def vllm_server(spec):
+    """vLLM on the spec the llama.cpp tests run: one spec, both engines."""
+    with VLLMEngine(spec) as server:
         yield server
 
 
@@ -92,12 +88,15 @@ def test_export_is_cached_by_checksum_and_adds_bos(model_path):
 
 def test_failed_export_leaves_no_folder(tmp_path):
     import gguf
+    import numpy as np
 
-    bad = tmp_path / "bad.gguf"  # a valid GGUF header with no model in it
+    bad = tmp_path / "bad.gguf"  # a whole GGUF file (so it passes the structure check) with no model in it
     writer = gguf.GGUFWriter(str(bad), "llama")
     writer.add_token_list([f"tok{i}" for i in range(32)])
+    writer.add_tensor("token_embd.weight", np.zeros((32, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ModelError, match="exporting bad.gguf to Hugging Face format failed"):
         export_hf(bad)
@@ -149,9 +148,9 @@ def test_repeated_long_prefix_hits_the_prefix_cache(vllm_server):
     assert hits[1] == (done.prompt_tokens - 1) // block * block
 
 
-def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, vllm_spec):
+def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, model_path):
     plain = vllm_server.complete(COPY_PROMPT, max_tokens=40)
-    spec = EngineSpec(model=vllm_spec.model, n_ctx=1024, threads=1, parallel=1, spec_type="ngram-simple", draft_max=4)
+    spec = EngineSpec(model=model_path, n_ctx=1024, threads=1, parallel=1, spec_type="ngram-simple", draft_max=4)
     with VLLMEngine(spec) as speculative:
         tree = speculative.processes()
         assert len(tree) >= 2 and speculative.rss_bytes() > 0  # API server + engine core
@@ -167,10 +166,10 @@ def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, vl
     assert not [p for p in tree if alive(p)], "processes left behind"
 
 
-def test_gemma3_as_draft_model_is_refused_by_vllm_with_its_cause(vllm_spec):
+def test_gemma3_as_draft_model_is_refused_by_vllm_with_its_cause(model_path):
     # The draft-model path reaches vLLM, which refuses a draft with sliding-window and full
     # attention layers (two KV-cache groups), as Gemma 3 has; the error leads with that cause.
-    spec = EngineSpec(model=vllm_spec.model, n_ctx=1024, threads=1, draft_model=vllm_spec.model, draft_max=3)
+    spec = EngineSpec(model=model_path, n_ctx=1024, threads=1, draft_model=model_path, draft_max=3)
     engine = VLLMEngine(spec)
     with pytest.raises(EngineError, match="same kv cache group"):
         engine.start()
@@ -249,8 +248,8 @@ def test_missing_vllm_environment_fails_fast(model_path, monkeypatch, tmp_path):
     assert not engine.running() and engine.log_path is None
 
 
-def test_server_dying_at_start_is_reported_with_its_log(vllm_spec):
-    engine = VLLMEngine(EngineSpec(model=vllm_spec.model, threads=1, extra_args=("--no-such-flag",)))
+def test_server_dying_at_start_is_reported_with_its_log(model_path):
+    engine = VLLMEngine(EngineSpec(model=model_path, threads=1, extra_args=("--no-such-flag",)))
     with pytest.raises(EngineError, match="exited with code .*no-such-flag"):
         engine.start()
     assert not engine.running()
@@ -263,3 +262,28 @@ def test_health_check_runbook_runs_on_vllm():
     result = run_runbook("health_check", {"engine": "vllm", "requests": 2, "max_tokens": 8})
     assert result.exit_code == ExitCode.OK, result.error
     assert result.records["engine"] == "vllm" and result.records["completed"] == 2
+
+
+def test_vllm_command_serves_and_benchmarks_from_its_environment(vllm_server, tmp_path):
+    """vLLM's own `vllm serve` / `vllm bench serve` work in `.venv-vllm` (the CPU build needs the `vllm`
+    alias distribution of scripts/setup_vllm.sh): the benchmark drives our vLLM server for real."""
+    vllm = Path(vllm_python()).parent / "vllm"
+    offline = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    serve = subprocess.run([vllm, "serve", "--help"], capture_output=True, text=True, env=offline, timeout=600)
+    assert serve.returncode == 0, serve.stderr[-2000:]
+    assert "usage: vllm serve" in serve.stdout
+    # fmt: off
+    bench = subprocess.run(
+        [
+            vllm, "bench", "serve", "--backend", "openai", "--base-url", vllm_server.base_url,
+            "--model", "default", "--tokenizer", str(vllm_server.model_dir),
+            "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "4", "--num-prompts", "2",
+            "--ignore-eos", "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path),
+            "--result-filename", "bench.json",
+        ],
+        capture_output=True, text=True, env=offline, timeout=600,
+    )
+    # fmt: on
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["completed"] == 2 and result["total_output_tokens"] == 8

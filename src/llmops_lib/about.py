@@ -28,14 +28,14 @@ def _llama_server_version() -> str:
         done = subprocess.run([llama_server_binary(), "--version"], capture_output=True, text=True, timeout=30)
     except Exception as exc:  # not installed or not runnable: say so, don't fail the chapter
         return f"unavailable ({type(exc).__name__})"
-    line = next((l for l in (done.stdout + done.stderr).splitlines() if l.startswith("version")), "")
+    line = next((text for text in (done.stdout + done.stderr).splitlines() if text.startswith("version")), "")
     return line.removeprefix("version:").split("(")[0].strip() or "unknown"
 
 
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
-            return next(l.split(":", 1)[1].strip() for l in info if l.startswith("model name"))
+            return next(text.split(":", 1)[1].strip() for text in info if text.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 

@@ -1,23 +1,36 @@
 """The `llmops` command: inspect models, serve them, gateway, load-test, release (registry, rollouts), runbooks.
 
-Every error the library raises on purpose is printed as one line (`error: …`) with a non-zero
-exit; see `llmops runbook run --help` for the runbook exit codes.
+Every error the library raises on purpose is printed as one line (`error: …`, `errors.fail`) with
+a non-zero exit; see `llmops runbook run --help` for the runbook exit codes.
+
+Explained in: README.md (every section starts with the command it explains).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmops_lib.errors import LLMOpsError, RunbookParameterError
+from llmops_lib.atomic import write_text
+from llmops_lib.errors import EngineError, ExitCode, LLMOpsError, RunbookParameterError, fail
+
+if TYPE_CHECKING:
+    from llmops_lib.bench import LoadResult
+    from llmops_lib.engines import LlamaServer, OpenAIClient
 
 app = typer.Typer(
-    help="Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, load-test them, release versions, run runbooks.",
+    help=(
+        "Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, "
+        "load-test them, release versions, run runbooks."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,12 +45,8 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(registry_app, name="registry")
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def resolve_model(path: Path | None) -> Path:
+    """`path`, or the default model (sha256-verified). Engines check the file's structure as they start."""
     from llmops_lib.models import default_model
 
     return path if path is not None else default_model()
@@ -59,12 +68,12 @@ def model_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a GGUF file's architecture, size, parameters, context, vocabulary and quantization types."""
-    from llmops_lib.models import inspect_gguf
+    from llmops_lib.models import default_model, inspect_gguf
 
     try:
-        info = inspect_gguf(resolve_model(path))
+        info = inspect_gguf(path or default_model())  # refuses a missing, non-GGUF or damaged file
     except LLMOpsError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(info.summary() | {"tensor types": info.tensor_types}, indent=2))
         return
@@ -83,7 +92,7 @@ def model_path() -> None:
     try:
         typer.echo(resolve_model(None))
     except LLMOpsError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -101,7 +110,7 @@ def serve(
         spec = EngineSpec(
             model=resolve_model(model), n_ctx=ctx, parallel=parallel, **({"threads": threads} if threads else {})
         )
-        with LlamaServer(spec, port=port) as server:
+        with _started(LlamaServer(spec, port=port)) as server:
             typer.echo(f"serving {spec.model.name} at {server.base_url}/v1 (metrics: /metrics, log: {server.log_path})")
             typer.echo("press Ctrl-C to stop")
             signal.signal(signal.SIGTERM, _interrupt)
@@ -113,7 +122,46 @@ def serve(
                 return
             raise fail(f"llama-server exited on its own: {server.log_tail()} (log: {server.log_path})")
     except LLMOpsError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
+
+
+# llama.cpp says why it refused a model on one of these lines (ggml's GGUF reader, then the model loader),
+# after a time stamp and a level: `0.02.385.194 E llama_model_load: error loading model: …`.
+_LOAD_ERROR = re.compile(
+    r"(?:^|\s)(?:gguf_init_from_file\w*: (?P<gguf>.+)|llama_model_load: error loading model: (?P<load>.+))$"
+)
+_GENERIC = ("failed to read", "failed to load model")
+
+
+def load_error(log: Path | None) -> str | None:
+    """llama.cpp's own reason for refusing a model, from a server's log (None when the log names none)."""
+    if log is None or not log.exists():
+        return None
+    reasons = [
+        match.group("gguf") or match.group("load")
+        for line in log.read_text(errors="replace").splitlines()
+        if (match := _LOAD_ERROR.search(line.strip()))
+    ]
+    specific = [reason for reason in reasons if not reason.startswith(_GENERIC)]
+    return (specific or reasons or [None])[0]
+
+
+@contextmanager
+def _started(server: LlamaServer) -> Iterator[LlamaServer]:
+    """Start `server` and stop it after; when it dies while loading the model, say llama.cpp's reason."""
+    try:
+        server.start()
+    except EngineError as exc:
+        if (reason := load_error(server.log_path)) is None:
+            raise
+        raise EngineError(
+            f"llama-server could not load {server.spec.model}: {reason} (log: {server.log_path}); "
+            "replace the file with an intact copy"
+        ) from exc
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @app.command()
@@ -131,16 +179,18 @@ def gateway(
 ) -> None:
     """Run the OpenAI-compatible gateway in front of running engines until Ctrl-C.
 
-    Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /metrics and /admin; one request-log row per request.
+    Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /metrics and /admin;
+    one request-log row per request.
     """
     from llmops_lib.gateway import load_config, run_gateway
 
     try:
         settings = load_config(config)
     except LLMOpsError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     typer.echo(
-        f"gateway at http://{host}:{port}/v1 for models {[route.model for route in settings.routes]} (metrics: /metrics)"
+        f"gateway at http://{host}:{port}/v1 for models {[route.model for route in settings.routes]} "
+        "(metrics: /metrics)"
     )
     run_gateway(settings, host=host, port=port)
 
@@ -150,7 +200,8 @@ def bench(
     endpoint: Annotated[
         str,
         typer.Option(
-            help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). Default: start llama-server on --model."
+            help="Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8080). "
+            "Default: start llama-server on --model."
         ),
     ] = "",
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most (vLLM's --max-concurrency).")] = 1,
@@ -189,45 +240,55 @@ def bench(
 ) -> None:
     """Load-test an OpenAI-compatible endpoint and print vLLM `bench serve`'s metrics.
 
-    TTFT, TPOT = (E2EL − TTFT)/(output tokens − 1), ITL and E2EL (mean, median, p95, p99), request, output and total token throughput, and goodput under --goodput SLOs.
+    TTFT, TPOT = (E2EL − TTFT)/(output tokens − 1), ITL and E2EL (mean, median, p95, p99), request, output
+    and total token throughput, and goodput under --goodput SLOs.
 
     Failed requests are counted with their error (nothing is dropped); the exit code is 1 when no request completed.
     """
-    from contextlib import nullcontext
-
     from llmops_lib.bench import LoadPlan, Workload, parse_slos, run_load
-    from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
 
+    if num_requests is None and duration is None:
+        num_requests = 4 * max(concurrency, 1)
     try:
         slos = parse_slos(goodput or [])
         workload = Workload.random(output_len, context_words=context_words, range_ratio=range_ratio, seed=seed)
-        if num_requests is None and duration is None:
-            num_requests = 4 * max(concurrency, 1)
         plan = LoadPlan(
             concurrency=concurrency, request_rate=request_rate, num_requests=num_requests, duration_s=duration
         )
-        if endpoint:
-            server = nullcontext(OpenAIClient(endpoint))
-        else:
-            spec = EngineSpec(
-                model=resolve_model(model), n_ctx=1024, parallel=parallel, **({"threads": threads} if threads else {})
-            )
-            server = LlamaServer(spec)
-        with server as running:
-            client = running if endpoint else running.client
-            if not endpoint:
-                typer.echo(
-                    f"started llama-server ({parallel} slots, {spec.threads} threads) at {running.base_url}", err=True
-                )
+        with _bench_client(endpoint, model, parallel, threads) as client:
             result = run_load(client, workload, plan, slos=slos, progress=progress)
     except LLMOpsError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
+    _report(result, json_out)
+
+
+@contextmanager
+def _bench_client(endpoint: str, model: Path | None, parallel: int, threads: int | None) -> Iterator[OpenAIClient]:
+    """A client of `endpoint`, or of a llama-server started on `model` for this run and stopped after it."""
+    from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
+
+    if endpoint:
+        client = OpenAIClient(endpoint)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    spec = EngineSpec(
+        model=resolve_model(model), n_ctx=1024, parallel=parallel, **({"threads": threads} if threads else {})
+    )
+    with _started(LlamaServer(spec)) as server:
+        typer.echo(f"started llama-server ({parallel} slots, {spec.threads} threads) at {server.base_url}", err=True)
+        yield server.client
+
+
+def _report(result: LoadResult, json_out: Path | None) -> None:
+    """Print the metrics and each distinct error; write the JSON; exit 1 when no request completed."""
     typer.echo(result.metrics.report())
     for message, count in result.errors.items():
         typer.echo(f"{count} × {message}", err=True)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_text(json_out, json.dumps(result.as_dict(), indent=2) + "\n")
     if not result.metrics.completed:
         raise fail(f"no request completed ({result.metrics.failed} failed)")
 
@@ -238,21 +299,27 @@ def runbook_list() -> None:
     from llmops_lib.runbooks import available_runbooks, declared_parameters, find_runbook
 
     for name in available_runbooks():
-        params = declared_parameters(find_runbook(name))
-        typer.echo(f"{name}: " + ", ".join(f"{p.name}: {p.type_name} = {p.default}" for p in params.values()))
+        try:
+            params = declared_parameters(find_runbook(name))
+        except RunbookParameterError as exc:
+            raise fail(exc) from None
+        typer.echo(f"{name}: " + ", ".join(p.signature for p in params.values()))
 
 
 @runbook_app.command("params")
 def runbook_params(name: Annotated[str, typer.Argument(help="Runbook name or .ipynb path.")]) -> None:
-    """Show the typed parameters a runbook accepts, with defaults and help."""
+    """Show the typed parameters a runbook accepts, with defaults, ranges and help.
+
+    A number's range (inclusive) comes from its help comment in the runbook: `# what it is; range: 1..10000`.
+    """
     from llmops_lib.runbooks import declared_parameters, find_runbook
 
     try:
         params = declared_parameters(find_runbook(name))
     except RunbookParameterError as exc:
-        raise fail(str(exc), 2)
+        raise fail(exc, ExitCode.BAD_PARAMETERS) from None
     for p in params.values():
-        typer.echo(f"{p.name}: {p.type_name} = {p.default}" + (f"    # {p.help}" if p.help else ""))
+        typer.echo(p.describe())
 
 
 @runbook_app.command("run")
@@ -271,18 +338,18 @@ def runbook_run(
 ) -> None:
     """Run a runbook and archive its output notebook under LLMOPS_HOME/runs/<run-id>/.
 
-    Exit codes: 0 success · 2 bad parameters or unknown runbook (nothing ran) · 3 a gate failed (the system is outside a threshold) · 4 the run broke (an error that is not a gate, a timeout).
+    Exit codes: 0 success · 2 bad parameters (unknown, given twice, wrong type, out of range) or unknown
+    runbook (nothing ran) · 3 a gate failed (the system is outside a threshold) · 4 the run broke (an error
+    that is not a gate, a timeout).
 
     The output notebook, parameters.json and summary.json are archived in every case but 2.
     """
-    from llmops_lib.runbooks import ExitCode, parse_assignments, run_runbook
+    from llmops_lib.runbooks import parse_assignments, run_runbook
 
     try:
         result = run_runbook(name, parse_assignments(param or []), progress_bar=progress, cell_timeout_s=cell_timeout)
-    except RunbookParameterError as exc:
-        raise fail(str(exc), ExitCode.BAD_PARAMETERS)
-    except LLMOpsError as exc:
-        raise fail(str(exc), ExitCode.INFRASTRUCTURE)
+    except LLMOpsError as exc:  # a RunbookParameterError is a SpecError: 2; anything else 4
+        raise fail(exc) from None
     for key, value in result.records.items():
         typer.echo(f"{key}: {value}")
     typer.echo(f"{result.status} ({result.duration_s:.1f} s): {result.run_dir}")

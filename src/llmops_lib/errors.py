@@ -1,8 +1,19 @@
-"""The library's exception types.
+"""The library's exception types, and how a command reports one: a single `error: …` line and an exit code.
 
 Every error a user can cause or meet carries a one-line message that names what was wrong and
-what to do about it, so the CLI and the runbooks can print it as it is.
+what to do about it, so the CLI and the runbooks can print it as it is. `fail()` is the one way
+the `llmops` commands (`cli.py`, `release/cli.py`) print it and choose the exit code.
+
+Explained in: README.md ("Run a runbook": the exit codes) and runbooks/health_check.ipynb.
 """
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
 
 
 class LLMOpsError(Exception):
@@ -31,3 +42,38 @@ class GateFailed(LLMOpsError):
 
 class RunArchiveError(LLMOpsError):
     """A runbook run could not be archived (full disk, no permission); nothing half-written is kept."""
+
+
+class ExitCode(IntEnum):
+    """What the `llmops` commands exit with, so cron and CI can tell a failed gate from a broken run."""
+
+    OK = 0
+    ERROR = 1  # a command could not do its job: a bad model file, an engine that would not start
+    BAD_PARAMETERS = (
+        2  # nothing ran: unknown runbook, unknown or repeated parameter, a value of the wrong type or range
+    )
+    GATE_FAILED = 3  # the runbook ran and a gate found the system outside its threshold (a rollout rolled back)
+    INFRASTRUCTURE = 4  # the run could not finish: an error other than a gate, a timeout, a dead kernel
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code an error means for a runbook or rollout: bad input 2, a failed gate 3, anything else 4."""
+    if isinstance(error, SpecError):
+        return ExitCode.BAD_PARAMETERS
+    if isinstance(error, GateFailed):
+        return ExitCode.GATE_FAILED
+    return ExitCode.INFRASTRUCTURE
+
+
+def fail(error: str | BaseException, code: int | None = None) -> typer.Exit:
+    """Print `error: <message>` as one line on stderr; return the `typer.Exit` to raise.
+
+    `code` defaults to `exit_code_for(error)` for an exception and to 1 (`ExitCode.ERROR`) for a message.
+    """
+    import typer
+
+    if code is None:
+        code = exit_code_for(error) if isinstance(error, BaseException) else ExitCode.ERROR
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(int(code))

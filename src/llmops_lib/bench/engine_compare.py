@@ -12,11 +12,11 @@ Explained in: book/chapters/02_optimization/choosing_an_engine.ipynb
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from llmops_lib.bench.load import run_load
-from llmops_lib.bench.traffic import LoadPlan, Workload
+from llmops_lib.bench.sweep import sweep_concurrency
+from llmops_lib.bench.traffic import Workload
 from llmops_lib.engines import EngineSpec, make_engine
 from llmops_lib.engines.hf_export import export_hf
 
@@ -33,7 +33,7 @@ class EngineMeasurement:
     rss_loaded_bytes: int
     """The same after the highest concurrency level."""
     levels: tuple[dict[str, object], ...]
-    """`ServingMetrics.as_dict()` of each level, plus its `concurrency` and `errors`."""
+    """`ServingMetrics.as_dict()` of each level, plus its `concurrency`, `errors` and each request's `texts`."""
 
     def level(self, concurrency: int) -> dict[str, object]:
         return next(row for row in self.levels if row["concurrency"] == concurrency)
@@ -62,16 +62,21 @@ def measure_engine(
         start_s = time.perf_counter() - began
         server.complete("Warm up.", max_tokens=4)
         rss_idle = server.rss_bytes()
-        levels = []
-        for concurrency in sorted(concurrencies):
-            result = run_load(
-                server.client,
-                Workload.random(output_len, seed=seed),
-                LoadPlan(concurrency=concurrency, num_requests=rounds * concurrency),
-                progress=progress,
-            )
-            levels.append(result.metrics.as_dict() | {"concurrency": concurrency, "errors": dict(result.errors)})
+        swept = sweep_concurrency(
+            server,
+            Workload.random(output_len, seed=seed),
+            concurrencies,
+            rounds=rounds,
+            counters=False,
+            warm_up=False,
+            progress=progress,
+        )
         rss_loaded = server.rss_bytes()
+    # each request's text by its index in the seeded workload (None if it failed): greedy outputs compare
+    levels = [
+        level.as_dict() | {"texts": [o.completion.text if o.completion else None for o in level.load.outcomes]}
+        for level in swept
+    ]
     return EngineMeasurement(name, start_s, rss_idle, rss_loaded, tuple(levels))
 
 
@@ -93,3 +98,40 @@ def ratios(numerator: EngineMeasurement, denominator: EngineMeasurement) -> list
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far two engines' greedy outputs for the same requests agree, token by token."""
+
+    requests: int
+    """Requests both engines completed."""
+    identical: int
+    """Of those, how many outputs were the same text."""
+    tokens: int
+    """Tokens compared: per request, the longer of the two outputs."""
+    agreeing: int
+    """Tokens before the first divergence (greedy outputs differ everywhere after it)."""
+
+    @property
+    def rate(self) -> float:
+        return self.agreeing / self.tokens if self.tokens else float("nan")
+
+
+def greedy_agreement(a: EngineMeasurement, b: EngineMeasurement, tokenize: Callable[[str], Sequence[int]]) -> Agreement:
+    """Token-level agreement of the outputs of every request both engines completed, at every level
+    both ran (`tokenize`: text to token ids with one tokenizer, e.g. the GGUF's)."""
+    requests = identical = tokens = agreeing = 0
+    for row in a.levels:
+        for text_a, text_b in zip(row["texts"], b.level(row["concurrency"])["texts"], strict=True):
+            if text_a is None or text_b is None:
+                continue
+            ids_a, ids_b = list(tokenize(text_a)), list(tokenize(text_b))
+            prefix = next(
+                (i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y), min(len(ids_a), len(ids_b))
+            )
+            requests += 1
+            identical += text_a == text_b
+            tokens += max(len(ids_a), len(ids_b))
+            agreeing += prefix
+    return Agreement(requests, identical, tokens, agreeing)

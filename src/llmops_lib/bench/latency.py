@@ -3,7 +3,8 @@
 One definition of each metric, used by the sequential health check and by the load generator:
 
 - TTFT: time to the first streamed token; E2EL: end-to-end latency of a request.
-- TPOT = (E2EL − TTFT) / (output tokens − 1), over requests with more than one output token.
+- TPOT = (E2EL − TTFT) / (output tokens − 1), over requests with more than one output token
+  (`facts.tpot_s`); percentiles are `facts.percentile` (numpy's).
 - ITL: every gap between consecutive streamed tokens, pooled over all requests.
 - throughputs: completed requests, output tokens, and input + output tokens per second of the
   whole run (first send to last answer);
@@ -18,27 +19,15 @@ book/chapters/02_optimization/batching (serving metrics under load).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from llmops_lib.engines.base import Completion
 from llmops_lib.errors import SpecError
+from llmops_lib.facts import percentile
 
 SLO_METRICS = ("ttft", "tpot", "e2el")
 STATISTICS = ("mean", "median", "p95", "p99")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0–100) with linear interpolation, as numpy's default does."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within 0..100, got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def check_slos(slos: Mapping[str, float]) -> dict[str, float]:

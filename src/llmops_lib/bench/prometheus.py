@@ -2,8 +2,8 @@
 
 A second, independent measurement beside the load generator's: the engine counts the tokens it
 generated and the time it spent on them, whatever the client saw. Samples are read under the common
-names of `observe.engine_metrics`, so llama-server and vLLM are measured alike. Reading the counters before and after a run and taking the difference is what a
-Prometheus `increase()` over the run does.
+names of `engines.metrics`, so llama-server and vLLM are measured alike. Reading the counters
+before and after a run and taking the difference is what a Prometheus `increase()` over the run does.
 
 Explained in: book/chapters/02_optimization/batching
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import httpx
 
 from llmops_lib.engines.client import OpenAIClient
+from llmops_lib.engines.metrics import common_samples
 from llmops_lib.errors import EngineError
-from llmops_lib.observe.engine_metrics import common_samples
 
 OUTPUT_TOKENS = "generation_tokens_total"
 PROMPT_TOKENS = "prompt_tokens_total"

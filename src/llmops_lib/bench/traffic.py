@@ -19,7 +19,45 @@ from llmops_lib.errors import SpecError
 
 # Filler for longer prompts: the words are sampled, so prompts differ and no prefix cache helps.
 CONTEXT_WORDS = tuple(
-    ["service", "latency", "memory", "throughput", "request", "model", "token", "cache", "batch", "queue", "server", "client", "deploy", "release", "metric", "alert", "budget", "capacity", "replica", "traffic", "region", "version", "rollout", "incident", "review", "prompt", "answer", "window", "context", "engine", "thread", "core", "bandwidth", "storage", "network", "error", "retry"]
+    [
+        "service",
+        "latency",
+        "memory",
+        "throughput",
+        "request",
+        "model",
+        "token",
+        "cache",
+        "batch",
+        "queue",
+        "server",
+        "client",
+        "deploy",
+        "release",
+        "metric",
+        "alert",
+        "budget",
+        "capacity",
+        "replica",
+        "traffic",
+        "region",
+        "version",
+        "rollout",
+        "incident",
+        "review",
+        "prompt",
+        "answer",
+        "window",
+        "context",
+        "engine",
+        "thread",
+        "core",
+        "bandwidth",
+        "storage",
+        "network",
+        "error",
+        "retry",
+    ]
 )
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Protocol
+
+from llmops_lib.facts import tpot_s
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,7 @@ class Completion:
     """One generated completion with its timing, measured by streaming.
 
     Definitions follow vLLM's `bench serve`: TTFT is the time to the first streamed token,
-    TPOT = (latency − TTFT) / (completion_tokens − 1), and the inter-token latencies (ITL) are the
+    TPOT is `facts.tpot_s`, and the inter-token latencies (ITL) are the
     gaps between consecutive streamed tokens, kept one by one because their tail is what a reader
     of a stream feels as stutter.
     """
@@ -28,10 +31,8 @@ class Completion:
 
     @property
     def tpot_s(self) -> float:
-        """Mean time per output token after the first (0 when only one token came)."""
-        if self.completion_tokens < 2:
-            return 0.0
-        return (self.latency_s - self.ttft_s) / (self.completion_tokens - 1)
+        """Mean time per output token after the first (0 when only one token came): `facts.tpot_s`."""
+        return tpot_s(self.latency_s, self.ttft_s, self.completion_tokens)
 
     @property
     def generation_tokens_per_s(self) -> float:
@@ -84,7 +85,7 @@ def timed_completion(events: Iterable[StreamEvent], *, start: float, prompt_toke
         ttft_s=arrivals[0] - start if arrivals else latency,
         latency_s=latency,
         finish_reason=finish,
-        itl_s=tuple(later - earlier for earlier, later in zip(arrivals, arrivals[1:])),
+        itl_s=tuple(later - earlier for earlier, later in pairwise(arrivals)),
     )
 
 

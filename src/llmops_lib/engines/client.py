@@ -6,13 +6,13 @@ so the client must not buffer or retry behind our back.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping
 
 import httpx
 
-from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
+from llmops_lib.engines.base import Completion, timed_completion
+from llmops_lib.engines.sse import iter_events, stream_events
 from llmops_lib.errors import EngineError
 
 
@@ -66,13 +66,7 @@ class OpenAIClient:
                 if response.status_code != 200:
                     response.read()
                     raise EngineError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    event = json.loads(payload)
+                for event in iter_events(response.iter_bytes()):
                     if "error" in event:
                         raise EngineError(f"{self.base_url} failed mid-stream: {event['error']}")
                     yield event
@@ -95,14 +89,7 @@ class OpenAIClient:
         stream = self.stream_events(
             prompt, max_tokens=max_tokens, temperature=temperature, stop=stop, ignore_eos=ignore_eos
         )
-        return timed_completion(
-            (
-                StreamEvent(choice.get("text", ""), choice.get("finish_reason"), event.get("usage"))
-                for event in stream
-                for choice in (event.get("choices") or [{}])
-            ),
-            start=start,
-        )
+        return timed_completion((piece for event in stream for piece in stream_events(event)), start=start)
 
     def get(self, path: str) -> httpx.Response:
         """GET a path of the server (health, metrics, slots)."""

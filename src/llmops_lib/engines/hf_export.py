@@ -3,7 +3,7 @@
 transformers de-quantizes the GGUF (bf16 safetensors, ~544 MB for the default model, about a
 minute and a half) in vLLM's own environment, where it is installed. The folder is cached under
 `LLMOPS_HOME/models/hf/` keyed by the GGUF's sha256, so the same bytes are exported once, and
-written atomically (a temporary folder renamed at the end), so an interrupted or failed export
+written through `atomic.atomic_path` (a temporary folder renamed at the end), so an interrupted or failed export
 leaves nothing that looks complete. No hub access: everything comes from the GGUF.
 
 The exported tokenizer adds `<bos>` (checked by the worker), as llama.cpp does. The default model
@@ -16,10 +16,10 @@ Explained in: book/chapters/02_optimization/choosing_an_engine.ipynb
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
+from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
 from llmops_lib.engines.server import check_model_file
 from llmops_lib.errors import EngineError, ModelError
@@ -59,26 +59,19 @@ def export_hf(gguf: Path, *, timeout_s: float = 900.0) -> Path:
     if (target / "config.json").is_file():
         return target
     python = vllm_python()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        done = subprocess.run(
-            [str(python), str(WORKER), str(gguf), str(partial)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=os.environ | OFFLINE,
-        )
-        if done.returncode != 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise ModelError(f"exporting {gguf.name} to Hugging Face format failed: {tail}")
-        if target.exists():  # another process finished the same export first; same bytes
-            shutil.rmtree(partial)
-        else:
-            os.replace(partial, target)
+        # another process finishing the same export first is harmless: the folder is replaced whole by the same bytes
+        with atomic_path(target) as partial:
+            done = subprocess.run(
+                [str(python), str(WORKER), str(gguf), str(partial)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=os.environ | OFFLINE,
+            )
+            if done.returncode != 0:
+                tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+                raise ModelError(f"exporting {gguf.name} to Hugging Face format failed: {tail}")
     except subprocess.TimeoutExpired as exc:
         raise ModelError(f"exporting {gguf.name} took more than {timeout_s:.0f} s; is the machine overloaded?") from exc
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target

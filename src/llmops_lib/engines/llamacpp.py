@@ -14,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Self
 
-from llmops_lib.engines.base import Completion, StreamEvent, timed_completion
+from llmops_lib.engines.base import Completion, timed_completion
 from llmops_lib.engines.server import HOST, ServerEngine, check_model_file
 from llmops_lib.engines.spec import EngineSpec
+from llmops_lib.engines.sse import stream_events
 from llmops_lib.errors import EngineError, ModelError, SpecError
 from llmops_lib.models import inspect_gguf
 
@@ -104,8 +105,7 @@ class LlamaServer(ServerEngine):
         def events():
             for event in self.client.stream_events(prompt, **kwargs):
                 timings.update(event.get("timings") or {})
-                for choice in event.get("choices") or [{}]:
-                    yield StreamEvent(choice.get("text", ""), choice.get("finish_reason"), event.get("usage"))
+                yield from stream_events(event)
 
         done = timed_completion(events(), start=time.perf_counter())
         return done, ServerTimings.of(timings)
@@ -302,7 +302,7 @@ class InProcessEngine:
             logits_processor=processors,
         )
         return timed_completion(
-            (StreamEvent(c["choices"][0]["text"], c["choices"][0].get("finish_reason")) for c in chunks),
+            (piece for chunk in chunks for piece in stream_events(chunk)),
             start=start,
             prompt_tokens=prompt_tokens,
         )

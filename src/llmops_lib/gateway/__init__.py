@@ -4,7 +4,7 @@ Explained in: book/chapters/03_observability/monitoring.ipynb
 """
 
 from llmops_lib.gateway.admin import GatewayAdmin
-from llmops_lib.gateway.config import Deployment, GatewayConfig, Route, Rule, load_config
+from llmops_lib.gateway.config import Deployment, GatewayConfig, Route, Rule, Weight, load_config
 from llmops_lib.gateway.server import GatewayServer, run_gateway
 
 
@@ -22,6 +22,7 @@ __all__ = [
     "GatewayServer",
     "Route",
     "Rule",
+    "Weight",
     "create_app",
     "load_config",
     "run_gateway",

@@ -8,11 +8,16 @@ Explained in: book/chapters/03_observability/monitoring.ipynb
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from llmops_lib.errors import SpecError
 from llmops_lib.observe.cost import Price, PriceTable
+
+#: A deployment's share of its route's traffic, in percent: the one definition the configuration,
+#: the admin API and the release controller validate weights with.
+Weight = Annotated[int, Field(ge=0, le=100, strict=True, description="traffic share in percent (0..100)")]
 
 
 class Deployment(BaseModel):
@@ -20,7 +25,7 @@ class Deployment(BaseModel):
 
     name: str
     url: str
-    weight: int = Field(100, ge=0, le=100)
+    weight: Weight = 100
     upstream_model: str | None = None
 
 

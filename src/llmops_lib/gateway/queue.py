@@ -11,7 +11,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 
-PRIORITIES = {"interactive": 0, "batch": 1}
+from llmops_lib.facts import PRIORITIES
 
 
 class QueueFull(Exception):
@@ -19,7 +19,8 @@ class QueueFull(Exception):
 
 
 class PriorityGate:
-    """`async with gate.slot(priority)`: at most `concurrency` holders; waiters ordered by priority then arrival."""
+    """`await gate.acquire(priority)` … `gate.release()`: at most `concurrency` holders; waiters are
+    ordered by priority, then arrival."""
 
     def __init__(self, concurrency: int, queue_size: int, on_depth: Callable[[str, int], None] | None = None) -> None:
         self.concurrency = concurrency
@@ -61,17 +62,3 @@ class PriorityGate:
                 future.set_result(None)
                 return
         self.running -= 1
-
-    def slot(self, priority: str) -> _Slot:
-        return _Slot(self, priority)
-
-
-class _Slot:
-    def __init__(self, gate: PriorityGate, priority: str) -> None:
-        self.gate, self.priority = gate, priority
-
-    async def __aenter__(self) -> None:
-        await self.gate.acquire(self.priority)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.gate.release()

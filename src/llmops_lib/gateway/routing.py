@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from llmops_lib.gateway.config import Deployment, Route
-from llmops_lib.gateway.validation import ApiError
+from llmops_lib.gateway.protocol import ApiError
 
 
 class RouteTable:
@@ -53,6 +53,7 @@ class RouteTable:
         return order
 
     def describe(self) -> dict:
+        """The routes as `protocol.RoutesResponse` shows them."""
         return {
             "routes": [
                 {
@@ -64,19 +65,15 @@ class RouteTable:
             ]
         }
 
-    def set_weights(self, model: str, weights: object) -> None:
+    def set_weights(self, model: str, weights: dict[str, int]) -> None:
+        """Set some deployments' weights (each 0..100, checked by `protocol.WeightsUpdate`); the
+        route's weights must then sum to 100."""
         route = self.route(model)
         names = {d.name for d in route.deployments}
-        if not isinstance(weights, dict) or not weights:
-            raise ApiError(400, "weights must be an object {deployment: weight}", param="weights")
-        for name, weight in weights.items():
+        for name in weights:
             if name not in names:
                 raise ApiError(
                     400, f"deployment {name!r} is not in route {model!r} (has {sorted(names)})", param=f"weights.{name}"
-                )
-            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-                raise ApiError(
-                    400, f"weight of {name!r} must be an integer 0..100, got {weight!r}", param=f"weights.{name}"
                 )
         total = sum(weights.get(d.name, d.weight) for d in route.deployments)
         if total != 100:
@@ -85,20 +82,13 @@ class RouteTable:
             if d.name in weights:
                 d.weight = weights[d.name]
 
-    def add_deployment(self, model: str, body: object) -> Deployment:
+    def add_deployment(self, model: str, deployment: Deployment) -> Deployment:
         route = self.route(model)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("url"), str):
-            raise ApiError(400, "body must be {name: str, url: str, weight: int 0..100}", param="name")
-        if any(d.name == body["name"] for d in route.deployments):
-            raise ApiError(409, f"deployment {body['name']!r} already exists in route {model!r}", param="name")
-        weight = body.get("weight", 0)
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-            raise ApiError(400, f"weight must be an integer 0..100, got {weight!r}", param="weight")
-        deployment = Deployment(
-            name=body["name"], url=body["url"], weight=weight, upstream_model=body.get("upstream_model")
-        )
-        route.deployments.append(deployment)
-        return deployment
+        if any(d.name == deployment.name for d in route.deployments):
+            raise ApiError(409, f"deployment {deployment.name!r} already exists in route {model!r}", param="name")
+        added = Deployment.model_validate(deployment.model_dump())
+        route.deployments.append(added)
+        return added
 
     def remove_deployment(self, model: str, name: str) -> None:
         route = self.route(model)

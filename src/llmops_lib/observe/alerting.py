@@ -17,6 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmops_lib.errors import SpecError
 
@@ -40,7 +43,7 @@ _KEYWORDS = {
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _SELECTOR = re.compile(r"(?<![\w:.])(?P<name>[A-Za-z_:][\w:]*)\s*(?P<labels>\{[^}]*\})?(?P<call>\s*\()?")
 _MATCHER = re.compile(r'(?P<label>[A-Za-z_]\w*)\s*(?P<op>=~|!~|!=|=)\s*"(?P<value>(?:[^"\\]|\\.)*)"')
-_DURATION = re.compile(r"^\d+[smhdwy]$")
+_DURATION = r"^\d+[smhdwy]$"
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,69 @@ def find_rules(start: str | Path = ".") -> Path:
     raise SpecError(f"no {RULES_FILE} in {here} or above: run from the repository or give the rule file's path")
 
 
+class _Labels(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    severity: Literal[SEVERITIES] = Field(description="page: users are affected now; ticket: look in working hours")
+
+
+class _Annotations(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    summary: str = Field(min_length=1, description="what is wrong, in one line")
+    description: str = Field(min_length=1, description="what to look at and what to do")
+
+
+class _Rule(BaseModel):
+    """A Prometheus alerting rule, with what an on-call needs made compulsory."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    alert: str = Field(min_length=1)
+    expr: str = Field(min_length=1, description="PromQL")
+    for_: str = Field(alias="for", pattern=_DURATION, description="e.g. 5m: without it one bad scrape pages someone")
+    keep_firing_for: str | None = Field(None, pattern=_DURATION)
+    labels: _Labels
+    annotations: _Annotations
+
+    @model_validator(mode="after")
+    def _selects_series(self) -> _Rule:
+        if not selectors(self.expr):
+            raise ValueError(f"rule {self.alert!r}: its expression selects no series")
+        return self
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    interval: str | None = Field(None, pattern=_DURATION)
+    rules: list[_Rule] = Field(min_length=1)
+
+
+class _RuleFile(BaseModel):
+    """Prometheus's rule file: `groups: [{name, rules: [...]}]`, alert names unique."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[_Group] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> _RuleFile:
+        names = [rule.alert for group in self.groups for rule in group.rules]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"alert names must be unique, {repeated} repeat")
+        return self
+
+
 def load_rules(path: str | Path) -> list[AlertRule]:
     """The alerting rules of a Prometheus rule file, each checked for what an on-call needs.
 
     Raises:
         SpecError: no such file, not YAML, or a rule without alert/expr/for, a `severity` label in
-            `SEVERITIES`, or `summary` and `description` annotations (the message names the rule).
+            `SEVERITIES`, or `summary` and `description` annotations (the message names the field,
+            e.g. `groups.0.rules.2.for`).
     """
     import yaml
 
@@ -110,51 +170,29 @@ def load_rules(path: str | Path) -> list[AlertRule]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    groups = data.get("groups") if isinstance(data, dict) else None
-    if not isinstance(groups, list) or not groups:
-        raise SpecError(f"{path} has no `groups` list: a rule file is `groups: [{{name, rules: [...]}}]`")
-    rules = []
-    for group in groups:
-        if (
-            not isinstance(group, dict)
-            or not isinstance(group.get("name"), str)
-            or not isinstance(group.get("rules"), list)
-            or not group["rules"]
-        ):
-            raise SpecError(f"{path}: every group needs a name and a non-empty rules list, got {group!r:.80}")
-        for rule in group["rules"]:
-            rules.append(_rule(path, group["name"], rule))
-    names = [r.alert for r in rules]
-    if len(set(names)) != len(names):
+    try:
+        rule_file = _RuleFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
         raise SpecError(
-            f"{path}: alert names must be unique, {sorted({n for n in names if names.count(n) > 1})} repeat"
+            f"{path}: {where}: {first['msg'].removeprefix('Value error, ')} "
+            "(a rule file is groups: [{name, rules: [{alert, expr, for, labels: {severity}, "
+            "annotations: {summary, description}}]}])"
+        ) from None
+    return [
+        AlertRule(
+            group.name,
+            rule.alert,
+            rule.expr,
+            rule.for_,
+            rule.labels.severity,
+            rule.annotations.summary,
+            rule.annotations.description,
         )
-    return rules
-
-
-def _rule(path: Path, group: str, rule: object) -> AlertRule:
-    name = rule.get("alert") if isinstance(rule, dict) else None
-    where = f"{path}: group {group!r}, rule {name or rule!r:.60}"
-    if not isinstance(name, str) or not isinstance(rule.get("expr"), str) or not rule["expr"].strip():
-        raise SpecError(f"{where}: needs `alert` (a name) and `expr` (PromQL)")
-    if not _DURATION.match(str(rule.get("for", ""))):
-        raise SpecError(f"{where}: needs `for` (e.g. 5m): without it one bad scrape pages someone")
-    labels, annotations = rule.get("labels") or {}, rule.get("annotations") or {}
-    if labels.get("severity") not in SEVERITIES:
-        raise SpecError(f"{where}: labels.severity must be one of {SEVERITIES}, got {labels.get('severity')!r}")
-    if not annotations.get("summary") or not annotations.get("description"):
-        raise SpecError(f"{where}: needs annotations summary and description (what is wrong, what to do)")
-    if not selectors(rule["expr"]):
-        raise SpecError(f"{where}: its expression selects no series")
-    return AlertRule(
-        group,
-        name,
-        rule["expr"],
-        str(rule["for"]),
-        labels["severity"],
-        annotations["summary"],
-        annotations["description"],
-    )
+        for group in rule_file.groups
+        for rule in group.rules
+    ]
 
 
 def exposed_samples(exposition: str) -> dict[str, list[dict[str, str]]]:
@@ -188,18 +226,17 @@ def unknown_series(rule: AlertRule, samples: Mapping[str, list[dict[str, str]]])
     return problems
 
 
-def histogram_buckets(samples: Mapping[str, float], metric: str) -> dict[float, float]:
+def histogram_buckets(exposition: str, metric: str) -> dict[float, float]:
     """Cumulative bucket counts of histogram `metric` by upper bound, summed over its other labels,
-    from `engine_metrics.parse_metrics` samples (`name{labels}` -> value)."""
+    from a Prometheus text exposition (a /metrics page)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     buckets: dict[float, float] = {}
-    for sample, value in samples.items():
-        name, _, labels = sample.partition("{")
-        if name != metric + "_bucket":
-            continue
-        bound = {m["label"]: m["value"] for m in _MATCHER.finditer(labels)}.get("le")
-        if bound is not None:
-            upper = math.inf if bound == "+Inf" else float(bound)
-            buckets[upper] = buckets.get(upper, 0.0) + value
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == metric + "_bucket" and "le" in sample.labels:
+                upper = float(sample.labels["le"])  # "+Inf" reads as math.inf
+                buckets[upper] = buckets.get(upper, 0.0) + sample.value
     return dict(sorted(buckets.items()))
 
 

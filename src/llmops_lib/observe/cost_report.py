@@ -2,7 +2,8 @@
 the routing rule saved.
 
 The gateway prices every request as it logs it (`cost_usd`, from `observe.cost.PriceTable`). This
-module adds what a budget owner asks next:
+module adds what a budget owner asks next (the savings take the gateway's price table, e.g.
+`gateway.load_config(path).price_table()`):
 
 - **per day / per deployment**: where the money goes;
 - **cache savings**: requests the response cache answered sent no tokens upstream; priced at the
@@ -19,14 +20,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import plotly.graph_objects as go
 
 from llmops_lib.errors import SpecError
-from llmops_lib.observe.cost import Price, PriceTable
-from llmops_lib.observe.dashboards import outcome
-from llmops_lib.observe.request_log import RequestLog, database_path
+from llmops_lib.facts import outcome
+from llmops_lib.observe.cost import PriceTable
+from llmops_lib.observe.request_log import RequestLogReader, database_path
 
 
 def _tokens(row: Mapping) -> tuple[int, int]:
@@ -72,7 +72,9 @@ def cache_savings(rows: Sequence[Mapping], prices: PriceTable) -> CacheSavings:
     """
     hits = [r for r in rows if r.get("cache_hit") and outcome(r) == "ok"]
     tokens = [_tokens(r) for r in hits]
-    usd = sum(_price(prices, str(r.get("cached_from") or r.get("deployment")), *t) for r, t in zip(hits, tokens))
+    usd = sum(
+        prices.cost(str(r.get("cached_from") or r.get("deployment")), *t) for r, t in zip(hits, tokens, strict=True)
+    )
     return CacheSavings(len(hits), sum(t[0] for t in tokens), sum(t[1] for t in tokens), usd)
 
 
@@ -98,17 +100,8 @@ class RoutingSavings:
 def routing_savings(rows: Sequence[Mapping], prices: PriceTable, reference: str) -> RoutingSavings:
     """Compare what the upstream-served, answered requests cost with the same tokens at `reference`."""
     served = [r for r in rows if not r.get("cache_hit") and outcome(r) == "ok"]
-    counterfactual = sum(_price(prices, reference, *_tokens(r)) for r in served)
+    counterfactual = sum(prices.cost(reference, *_tokens(r)) for r in served)
     return RoutingSavings(reference, len(served), sum(_cost(r) for r in served), counterfactual)
-
-
-def _price(prices: PriceTable, deployment: str, input_tokens: int, output_tokens: int) -> float:
-    try:
-        return prices.cost(deployment, input_tokens, output_tokens)
-    except KeyError:
-        raise SpecError(
-            f"no price for deployment {deployment!r}: give the price table the gateway was configured with"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -143,7 +136,8 @@ def cost_report(
     """
     if not rows:
         raise SpecError(
-            "no requests in the request log for this period and these deployments: widen the period or check the log's path"
+            "no requests in the request log for this period and these deployments: "
+            "widen the period or check the log's path"
         )
     if reference is not None and prices is None:
         raise SpecError("routing savings need the price table: give prices together with the reference deployment")
@@ -173,8 +167,7 @@ class Period:
 
     def describe(self) -> str:
         span = " to ".join(
-            datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            for t in (self.since, self.until)
+            datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC") for t in (self.since, self.until)
         )
         return span + (f", deployments {', '.join(self.deployments)}" if self.deployments else ", all deployments")
 
@@ -208,35 +201,14 @@ def load_period(
             f"the period must have a positive length: since {since or f'{hours} hours back'} until {until or 'now'}"
         )
     names = tuple(name.strip() for name in deployments.split(",") if name.strip())
-    log = RequestLog(f"sqlite:///{path}")
-    try:
-        rows = [r for name in (names or (None,)) for r in log.rows(since=start, until=end, deployment=name)]
-    finally:
-        log.close()
+    log = RequestLogReader(path)
+    rows = [r for name in (names or (None,)) for r in log.rows(since=start, until=end, deployment=name)]
     period = Period(str(path), start, end, names, rows)
     if not rows:
         raise SpecError(
             f"the request log {path} has no request from {period.describe()}: widen the period or check the deployments"
         )
     return period
-
-
-def prices_from_config(path: str | Path) -> PriceTable:
-    """The price table of a gateway configuration file (YAML, its `prices` section: per deployment
-    `per_1k_input_usd`, `per_1k_output_usd`, optionally `per_hour_usd`).
-
-    Raises:
-        SpecError: no such file, or no `prices` section in it.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no gateway configuration at {path}: give the YAML file the gateway was started with")
-    prices = (yaml.safe_load(path.read_text()) or {}).get("prices")
-    if not prices:
-        raise SpecError(f"{path} has no prices section: the savings need the gateway's price table")
-    return PriceTable({name: Price(**fields) for name, fields in prices.items()})
 
 
 def savings_figure(report: CostReport) -> go.Figure:

@@ -15,16 +15,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from llmops_lib.bench.latency import percentile
 from llmops_lib.bench.load import LoadResult, run_load
 from llmops_lib.bench.traffic import LoadPlan, Workload
 from llmops_lib.engines.client import OpenAIClient
 from llmops_lib.errors import SpecError
-from llmops_lib.gateway.queue import PRIORITIES
-from llmops_lib.observe.dashboards import outcome
-
-#: The header the gateway reads a request's priority from (the body field "priority" works too).
-PRIORITY_HEADER = "x-llmops-priority"
+from llmops_lib.facts import PRIORITIES, PRIORITY_HEADER, Outcome, outcome, percentile
 
 
 def _check_priority(priority: str) -> str:
@@ -34,7 +29,7 @@ def _check_priority(priority: str) -> str:
 
 
 def priority_client(base_url: str, priority: str, *, model: str = "default") -> OpenAIClient:
-    """An `OpenAIClient` whose every request carries `x-llmops-priority: <priority>`."""
+    """An `OpenAIClient` whose every request carries the gateway's priority header (`facts.PRIORITY_HEADER`)."""
     return OpenAIClient(base_url, model=model, headers={PRIORITY_HEADER: _check_priority(priority)})
 
 
@@ -64,9 +59,10 @@ def run_classes(base_url: str, classes: Sequence[TrafficClass], *, model: str = 
     try:
         with ThreadPoolExecutor(max_workers=len(classes), thread_name_prefix="class") as pool:
             futures = [
-                pool.submit(run_load, client, c.workload, c.plan, progress=False) for client, c in zip(clients, classes)
+                pool.submit(run_load, client, c.workload, c.plan, progress=False)
+                for client, c in zip(clients, classes, strict=True)
             ]
-            return {c.name: future.result() for c, future in zip(classes, futures)}
+            return {c.name: future.result() for c, future in zip(classes, futures, strict=True)}
     finally:
         for client in clients:
             client.close()
@@ -92,7 +88,7 @@ def latency_by_priority(rows: Sequence[Mapping], column: str = "ttft_s") -> dict
     """
     groups: dict[str, list[float]] = {}
     for row in rows:
-        if outcome(row) == "ok" and not row.get("cache_hit") and row.get(column) is not None:
+        if outcome(row) == Outcome.OK and not row.get("cache_hit") and row.get(column) is not None:
             groups.setdefault(str(row.get("priority") or "interactive"), []).append(float(row[column]) * 1000)
     if not groups:
         raise SpecError(f"no answered request with {column} in these rows: send traffic through the gateway first")

@@ -172,7 +172,8 @@ def run_checks(
     with_text = [r for r in sampled if r.get("completion") is not None]
     if sampled and not with_text:
         raise SpecError(
-            "the request log holds no completion text: start the gateway with text capture on (request log capture_text=True) to run quality checks"
+            "the request log holds no completion text: start the gateway with text capture on "
+            "(request log capture_text=True) to run quality checks"
         )
     return [
         CheckResult(

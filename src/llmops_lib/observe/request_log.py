@@ -1,8 +1,9 @@
 """One row per gateway request, written off the response path.
 
 The gateway calls `RequestLog.submit` (a queue put, never blocks); a writer thread batches the rows
-into SQLite in WAL mode, so readers (dashboards, the cost report, the release controller) can read
-while it writes. `close()` drains the queue before it returns: nothing is lost on shutdown.
+into SQLite in WAL mode, so readers (dashboards, the cost report, the release analysis) can read
+while it writes. `close()` drains the queue before it returns: nothing is lost on shutdown. Readers
+use `RequestLogReader`, which opens the file read-only and never writes.
 Column names follow the OpenTelemetry GenAI semantic conventions (`OTEL_ATTRIBUTES`).
 Explained in: book/chapters/03_observability/monitoring.ipynb
 """
@@ -13,9 +14,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal, Self
 
 from llmops_lib.config import settings
 from llmops_lib.errors import LLMOpsError, SpecError
@@ -65,10 +67,13 @@ class RequestRecord:
 
 _TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 _COLUMNS = [f.name for f in fields(RequestRecord)]
+_COLUMN_TYPES = [
+    f"{f.name} {_TYPES[next(t for t in _TYPES if t.__name__ in str(f.type))]}" for f in fields(RequestRecord)
+]
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
-    {", ".join(f"{f.name} {_TYPES[next(t for t in _TYPES if t.__name__ in str(f.type))]}" for f in fields(RequestRecord)[1:])}
+    {", ".join(_COLUMN_TYPES[1:])}
 );
 CREATE INDEX IF NOT EXISTS requests_started ON requests (started_at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -93,11 +98,137 @@ def database_path(url: str | Path | None = None) -> Path:
     return Path(text).expanduser().resolve()
 
 
-class RequestLog:
-    """The request log at `url` (see `database_path`); prompt/completion text kept only with `capture_text`."""
+class RequestLogReader:
+    """Read the request log at `url` (see `database_path`) without writing to it.
+
+    Every query opens the SQLite file read-only (`mode=ro`), so a dashboard, the cost report or the
+    release analysis never creates tables, starts a writer or takes a write lock on a log that a
+    gateway in another process is writing (WAL: readers see every committed row). Periods are
+    half-open, [since, until), so consecutive periods never count a request twice.
+    """
+
+    def __init__(self, url: str | Path | None = None) -> None:
+        self.path = database_path(url)
+
+    def exists(self) -> bool:
+        """Whether the log file exists yet (a gateway creates it when it starts)."""
+        return self.path.is_file()
+
+    def _select(self, sql: str, args: Sequence[object]) -> list[dict]:
+        if not self.exists():
+            raise SpecError(
+                f"no request log at {self.path}: run the gateway with a request log first, or point at an existing one"
+            )
+        db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql, args)]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []  # the gateway has opened the file but not created its tables yet: nothing logged
+            raise LLMOpsError(f"cannot read the request log {self.path}: {exc}") from exc
+        finally:
+            db.close()
+
+    def rows(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        deployment: str | None = None,
+        *,
+        by: Literal["started_at", "finished_at"] = "started_at",
+    ) -> list[dict]:
+        """Request rows whose `by` time (unix s) is in [since, until), optionally of one deployment,
+        in that order. `by="finished_at"` counts a request when its outcome became known.
+
+        Raises:
+            SpecError: the log file does not exist.
+        """
+        if by not in ("started_at", "finished_at"):
+            raise SpecError(f"rows(by={by!r}): use started_at or finished_at")
+        where, args = _period(f"r.{by}", since, until)
+        if deployment is not None:
+            where.append("r.deployment = ?")
+            args.append(deployment)
+        return self._select(f"SELECT r.* FROM requests r{_where(where)} ORDER BY r.{by}", args)
+
+    def feedback_rows(
+        self, since: float | None = None, until: float | None = None, deployment: str | None = None
+    ) -> list[dict]:
+        """Feedback rows created in [since, until), each with the `deployment` that served the request
+        it rates (None if that request is not in the log), optionally only about one deployment.
+
+        Raises:
+            SpecError: the log file does not exist.
+        """
+        where, args = _period("f.created_at", since, until)
+        if deployment is not None:
+            where.append("r.deployment = ?")
+            args.append(deployment)
+        return self._select(
+            "SELECT f.*, r.deployment FROM feedback f LEFT JOIN requests r USING (request_id)"
+            f"{_where(where)} ORDER BY f.created_at",
+            args,
+        )
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether the log holds the request `request_id` (False while the log file does not exist)."""
+        if not self.exists():
+            return False
+        return bool(self._select("SELECT 1 FROM requests WHERE request_id = ? LIMIT 1", [request_id]))
+
+    def rows_including(self, request_ids: Iterable[str], timeout_s: float = 30.0) -> list[dict]:
+        """All rows, once every id of `request_ids` is among them: a gateway in another process
+        writes in the background, so a reader that just got answers waits for their rows.
+
+        Raises:
+            LLMOpsError: some ids are still missing after `timeout_s` (is the gateway running?).
+        """
+        wanted = set(request_ids)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.rows() if self.exists() else []
+            missing = wanted - {row["request_id"] for row in rows}
+            if not missing:
+                return rows
+            if time.monotonic() > deadline:
+                raise LLMOpsError(
+                    f"{len(missing)} request(s) not in the log at {self.path} after {timeout_s:.0f} s, "
+                    f"e.g. {min(missing)}: is the gateway still running?"
+                )
+            time.sleep(0.1)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to release: every query opens and closes its own connection."""
+
+
+def _period(column: str, since: float | None, until: float | None) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        args.append(since)
+    if until is not None:
+        where.append(f"{column} < ?")
+        args.append(until)
+    return where, args
+
+
+def _where(conditions: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+class RequestLog(RequestLogReader):
+    """The request log at `url` (see `database_path`), written by a background thread; prompt and
+    completion text are kept only with `capture_text`. It reads as a `RequestLogReader` does; a
+    process that only reads uses `RequestLogReader`, which never creates the file nor a writer."""
 
     def __init__(self, url: str | Path | None = None, capture_text: bool = False) -> None:
-        self.path = database_path(url)
+        super().__init__(url)
         self.capture_text = capture_text
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -160,61 +291,6 @@ class RequestLog:
         self._closed = True
         self._queue.put(("stop", None))
         self._writer.join()
-
-    def _select(
-        self, table: str, time_column: str, since: float | None, until: float | None, deployment: str | None
-    ) -> list[dict]:
-        where, args = [], []
-        if since is not None:
-            where.append(f"{time_column} >= ?")
-            args.append(since)
-        if until is not None:
-            where.append(f"{time_column} <= ?")
-            args.append(until)
-        if deployment is not None:
-            where.append(
-                "deployment = ?"
-                if table == "requests"
-                else "request_id IN (SELECT request_id FROM requests WHERE deployment = ?)"
-            )
-            args.append(deployment)
-        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {time_column}"
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            return [dict(row) for row in db.execute(sql, args)]
-
-    def rows(self, since: float | None = None, until: float | None = None, deployment: str | None = None) -> list[dict]:
-        """Request rows started in [since, until], optionally of one deployment (what is written so far)."""
-        return self._select("requests", "started_at", since, until, deployment)
-
-    def rows_including(self, request_ids: Iterable[str], timeout_s: float = 30.0) -> list[dict]:
-        """All rows, once every id of `request_ids` is among them: a gateway in another process
-        writes in the background, so a reader that just got answers waits for their rows.
-
-        Raises:
-            LLMOpsError: some ids are still missing after `timeout_s` (is the gateway running?).
-        """
-        wanted = set(request_ids)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            rows = self.rows()
-            missing = wanted - {row["request_id"] for row in rows}
-            if not missing:
-                return rows
-            if time.monotonic() > deadline:
-                raise LLMOpsError(
-                    f"{len(missing)} request(s) not in the log at {self.path} after {timeout_s:.0f} s, e.g. {min(missing)}: is the gateway still running?"
-                )
-            time.sleep(0.1)
-
-    def feedback_rows(
-        self, since: float | None = None, until: float | None = None, deployment: str | None = None
-    ) -> list[dict]:
-        """Feedback rows created in [since, until], optionally about requests of one deployment."""
-        return self._select("feedback", "created_at", since, until, deployment)
-
-    def __enter__(self) -> RequestLog:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

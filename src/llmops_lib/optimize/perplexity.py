@@ -12,18 +12,27 @@ taken over those tokens plus one bucket for the rest of the vocabulary. Merging 
 increases a KL divergence, so this is a (close) lower bound of the full KL, and it is exactly 0
 for identical distributions.
 
-Explained in: book/chapters/02_optimization/quantization
+`held_out_perplexity` keeps one value per model file on disk: the release analysis's quality gate.
+
+Explained in: book/chapters/02_optimization/quantization (and 04_delivery/canary_release for the gate)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmops_lib.atomic import write_text
+from llmops_lib.config import settings
+from llmops_lib.engines import EngineSpec, InProcessEngine
 from llmops_lib.errors import EngineError, SpecError
 
 if TYPE_CHECKING:
@@ -35,6 +44,29 @@ TOP_K = 32
 def eval_text() -> str:
     """The English text that ships with the library for measuring quality (original prose, ~800 words)."""
     return (files("llmops_lib") / "data" / "eval_text.txt").read_text(encoding="utf-8")
+
+
+def cache_key(**inputs: object) -> str:
+    """sha256 of the inputs as canonical JSON: any change of any input gives another key."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def held_out_perplexity(path: str | Path, sha256: str, n_ctx: int = 256) -> float:
+    """Perplexity of the GGUF at `path` on `eval_text()` with llama.cpp in-process (one thread).
+
+    Computed once per file and kept under `LLMOPS_HOME/cache/perplexity/`, keyed by the file's
+    `sha256`, the text, the window and llama.cpp's version: the release analysis asks for the
+    same two versions' values at every rollout.
+    """
+    text = eval_text()
+    key = cache_key(model=sha256, text=text, n_ctx=n_ctx, llama_cpp=version("llama-cpp-python"))
+    stored = settings().home / "cache" / "perplexity" / f"{key}.json"
+    if stored.exists():
+        return float(json.loads(stored.read_text())["perplexity"])
+    with InProcessEngine(EngineSpec(model=path, n_ctx=n_ctx, threads=1, batch_size=n_ctx)) as engine:
+        value = score_text(engine.llama, text, n_ctx=n_ctx).perplexity
+    write_text(stored, json.dumps({"perplexity": value, "path": str(path)}))
+    return value
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -145,7 +177,8 @@ def score_text(
         llama.reset()  # the Llama object's own token bookkeeping no longer matches its cache
     if reference is not None and done != len(reference.token_logprobs):
         raise SpecError(
-            f"the reference scored {len(reference.token_logprobs)} tokens and this model {done}: score the same text and window"
+            f"the reference scored {len(reference.token_logprobs)} tokens and this model {done}: "
+            "score the same text and window"
         )
     return TextScores(
         *(np.concatenate([getattr(p, name) for p in parts]) for name in ("token_logprobs", "top_ids", "top_logprobs")),
@@ -210,13 +243,16 @@ def continuation_logprobs(llama: Llama, prompt: str, continuation: str) -> np.nd
     head = llama.tokenize(prompt.encode("utf-8"), add_bos=True)
     tokens = llama.tokenize((prompt + continuation).encode("utf-8"), add_bos=True)
     # Tokenizing the whole text may merge across the boundary: score from the last shared token on.
-    shared = next((i for i, (a, b) in enumerate(zip(head, tokens)) if a != b), min(len(head), len(tokens)))
+    shared = next(
+        (i for i, (a, b) in enumerate(zip(head, tokens, strict=False)) if a != b), min(len(head), len(tokens))
+    )
     first = max(shared, 1)
     if first >= len(tokens):
         raise SpecError("the continuation is empty: there is nothing to score")
     if len(tokens) > llama.n_ctx():
         raise SpecError(
-            f"prompt and continuation take {len(tokens)} tokens, more than the context of {llama.n_ctx()}: load the model with a larger n_ctx"
+            f"prompt and continuation take {len(tokens)} tokens, more than the context of {llama.n_ctx()}: "
+            "load the model with a larger n_ctx"
         )
     batch = llama_cpp.llama_batch_init(llama.n_batch, 0, 1)
     try:

@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
 from llmops_lib.engines.spec import EngineSpec, default_threads
 from llmops_lib.errors import ModelError, SpecError
+from llmops_lib.gguf_header import GGUF_MAGIC, Cursor, read_header
 from llmops_lib.models import inspect_gguf, sha256_file
-from llmops_lib.optimize.perplexity import TOP_K, TextScores, eval_text, score_text
+from llmops_lib.optimize.perplexity import TOP_K, TextScores, cache_key, eval_text, score_text
 
 # The types the issue asks for, best quality first; llama.cpp's quantizer knows them all by name.
 QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_S", "Q2_K")
@@ -60,7 +62,8 @@ class Variant:
         qtype, _, embedding = text.strip().upper().partition("/EMBD:")
         if qtype not in QUANT_TYPES + (REFERENCE, *FLOAT_TYPES):
             raise SpecError(
-                f"unknown quantization type {text.strip()!r}; use one of {', '.join(QUANT_TYPES + FLOAT_TYPES)} or {REFERENCE} "
+                f"unknown quantization type {text.strip()!r}; "
+                f"use one of {', '.join(QUANT_TYPES + FLOAT_TYPES)} or {REFERENCE} "
                 f"(optionally with /embd:<{'|'.join(EMBEDDING_TYPES)}>)"
             )
         if embedding and embedding not in EMBEDDING_TYPES:
@@ -100,13 +103,11 @@ def _write_atomically(target: Path, write: Callable[[Path], object], what: str, 
     A GGUF result is checked whole before the rename: llama.cpp's quantizer does not always
     notice a short write.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        write(partial)
-        if gguf:
-            inspect_gguf(partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            write(partial)
+            if gguf:
+                inspect_gguf(partial)
     except (OSError, ModelError) as exc:
         # llama.cpp reports a full disk as a failed or short write, not as ENOSPC: check the space too
         if getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(target.parent).free < 64 << 20:
@@ -115,8 +116,6 @@ def _write_atomically(target: Path, write: Callable[[Path], object], what: str, 
                 "free space or point LLMOPS_HOME elsewhere"
             ) from exc
         raise ModelError(f"could not write {what} to {target}: {exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 
@@ -139,14 +138,12 @@ def _write_f16(source: Path, out_path: Path) -> None:
     from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
     from gguf.quants import dequantize
 
-    from llmops_lib.gguf_header import _Cursor, read_header
-
     header = read_header(source)
     alignment = int(header.fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
     keep = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
     new_types = [t.type if t.type in keep else GGMLQuantizationType.F16 for t in header.tensors]
     with source.open("rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-        cursor = _Cursor(buffer)
+        cursor = Cursor(buffer)
         cursor.pos = 24  # magic, version, tensor count, field count
         file_type_at = None
         for _ in range(len(header.fields)):
@@ -159,9 +156,9 @@ def _write_f16(source: Path, out_path: Path) -> None:
         if file_type_at is not None:  # MOSTLY_F16 = 1, as llama.cpp's converter writes it
             metadata[file_type_at - 24 : file_type_at - 20] = struct.pack("<I", 1)
         with out_path.open("wb") as out:
-            out.write(b"GGUF" + struct.pack("<IQQ", 3, len(header.tensors), len(header.fields)) + metadata)
+            out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(header.tensors), len(header.fields)) + metadata)
             offset = 0
-            for tensor, kind in zip(header.tensors, new_types):
+            for tensor, kind in zip(header.tensors, new_types, strict=True):
                 name = tensor.name.encode()
                 block, type_size = GGML_QUANT_SIZES[kind]
                 out.write(struct.pack("<Q", len(name)) + name + struct.pack("<I", len(tensor.shape)))
@@ -169,7 +166,9 @@ def _write_f16(source: Path, out_path: Path) -> None:
                 n_bytes = tensor.n_elements // block * type_size
                 offset += n_bytes + (-n_bytes % alignment)
             out.write(b"\0" * (-out.tell() % alignment))
-            for tensor, kind in tqdm(list(zip(header.tensors, new_types)), desc="dequantize to F16", leave=False):
+            for tensor, kind in tqdm(
+                list(zip(header.tensors, new_types, strict=True)), desc="dequantize to F16", leave=False
+            ):
                 start = header.data_offset + tensor.offset
                 raw = buffer[start : start + tensor.n_bytes]  # a copy: no view may outlive the mmap
                 if kind != tensor.type:  # rows of ne0 weights, stored as blocks
@@ -313,11 +312,6 @@ class QuantResult:
         }
 
 
-def cache_key(**inputs: object) -> str:
-    """sha256 of the inputs as canonical JSON: any change of any input gives another key."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def cache_dir() -> Path:
     return settings().home / "cache" / "quantize"
 
@@ -362,10 +356,16 @@ class Quantizer:
             return reference
         path = quantize(self.reference_path(), variant, threads=self.settings.threads)
         stored = self.cache / f"{self._key(variant)}.json"
-        if cached := self._cached(stored):
+        if stored.with_suffix(".npz").exists() and (cached := self._cached(stored)):
             return cached
         scores, timing = self._run(path, reference=self._reference_scores)
         result = self._result(variant, path, scores, timing, reference_ppl=reference.perplexity)
+
+        def save_arrays(partial: Path) -> None:
+            with partial.open("wb") as out:  # the per-token values, for intervals (`token_scores`)
+                np.savez(out, token_logprobs=scores.token_logprobs, kl=scores.kl, same_top=scores.same_top)
+
+        _write_atomically(stored.with_suffix(".npz"), save_arrays, "per-token scores", gguf=False)
         _write_atomically(
             stored,
             lambda partial: partial.write_text(json.dumps(asdict(result), indent=1) + "\n"),
@@ -373,6 +373,18 @@ class Quantizer:
             gguf=False,
         )
         return result
+
+    def token_scores(self, variant: Variant | str) -> tuple[np.ndarray, np.ndarray]:
+        """Per scored token: the variant's log-probability of the text's token and its KL divergence
+        from the reference (zeros for the reference), measuring the variant first if needed: the
+        values behind `perplexity` and `kl_divergence`, for their intervals (`bench.stats.bootstrap`)."""
+        variant = Variant.parse(variant) if isinstance(variant, str) else variant
+        self.measure(variant)
+        if variant == Variant(REFERENCE):
+            logprobs = self._reference_scores.token_logprobs
+            return logprobs, np.zeros_like(logprobs, dtype=np.float64)
+        with np.load(self.cache / f"{self._key(variant)}.npz") as data:
+            return data["token_logprobs"], data["kl"]
 
     def compare(self, variants: Sequence[Variant | str], *, progress: bool = True) -> list[QuantResult]:
         """The reference first, then every variant, measured (from the cache where possible)."""

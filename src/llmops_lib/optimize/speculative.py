@@ -14,18 +14,18 @@ Explained in: book/chapters/02_optimization/speculative_decoding.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any, Protocol
 
+from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
 from llmops_lib.engines.base import Completion
 from llmops_lib.engines.llamacpp import LlamaServer, ServerTimings
 from llmops_lib.engines.spec import EngineSpec
-from llmops_lib.errors import ModelError, SpecError
+from llmops_lib.errors import SpecError
 from llmops_lib.optimize.quantize import llama_quantize
 
 _CODE = '''def process_orders(orders, inventory):
@@ -50,7 +50,7 @@ _TEXT = (
 
 
 @dataclass(frozen=True)
-class Workload:
+class SpeculationTask:
     """A prompt and what kind of answer it asks for (`copy-heavy` answers repeat the prompt).
 
     `stop` ends the answer where the task ends (the closing code fence of an edit), so a
@@ -63,27 +63,28 @@ class Workload:
     stop: tuple[str, ...] = ()
 
 
-WORKLOADS: dict[str, Workload] = {
+WORKLOADS: dict[str, SpeculationTask] = {
     w.name: w
     for w in (
-        Workload(
+        SpeculationTask(
             "edit code",
             "copy-heavy",
-            f"Rename the variable `results` to `outcomes` in this code.\n\nOriginal:\n```python\n{_CODE}```\n\nRewritten:\n```python\n",
+            "Rename the variable `results` to `outcomes` in this code.\n\n"
+            f"Original:\n```python\n{_CODE}```\n\nRewritten:\n```python\n",
             stop=("```",),
         ),
-        Workload(
+        SpeculationTask(
             "edit text",
             "copy-heavy",
             f"Fix the punctuation of this paragraph.\n\nOriginal:\n{_TEXT}\n\nCorrected:\n",
             stop=("\n\n",),
         ),
-        Workload(
+        SpeculationTask(
             "free text",
             "free text",
             "Write a short story about a lighthouse keeper who finds a message in a bottle.\n\n",
         ),
-        Workload("explain", "free text", "The three most common causes of latency in a web service are"),
+        SpeculationTask("explain", "free text", "The three most common causes of latency in a web service are"),
     )
 }
 
@@ -92,8 +93,8 @@ def draft_model(file_type: str = "Q4_0") -> Path:
     """A draft model for `draft-simple`: the default model quantized to `file_type`, made once.
 
     Q4_0 with Q4_0 token embeddings is the smallest and fastest variant llama.cpp makes of this
-    model (the tied embedding is most of it). Written under a temporary name and renamed, so an
-    interruption never leaves a half file under the final name.
+    model (the tied embedding is most of it). Written through `atomic_path`, so an interruption
+    never leaves a half file under the final name.
     """
     import llama_cpp
 
@@ -106,14 +107,9 @@ def draft_model(file_type: str = "Q4_0") -> Path:
     target = settings().models_dir / f"{source.stem}-draft-{file_type.lower()}.gguf"
     if target.exists():
         return target
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(target) as partial:
         # the source is already Q4_K_M, hence allow_requantize
         llama_quantize(source, partial, file_type.upper(), embedding=file_type.upper(), allow_requantize=True)
-    except ModelError:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
     return target
 
 
@@ -148,7 +144,7 @@ def warm_up(*servers: TimedEngine) -> None:
         server.complete("Warm up.", max_tokens=4)
 
 
-def generate(engine: TimedEngine, workload: Workload, max_tokens: int) -> Generation:
+def generate(engine: TimedEngine, workload: SpeculationTask, max_tokens: int) -> Generation:
     """Greedy, up to `max_tokens` tokens or the workload's stop (never an early end-of-text)."""
     done, timings = engine.complete_with_timings(
         workload.prompt, max_tokens=max_tokens, ignore_eos=True, stop=list(workload.stop) or None
@@ -192,7 +188,7 @@ class Comparison:
 def compare(
     plain: TimedEngine,
     speculative: TimedEngine,
-    workloads: Sequence[Workload],
+    workloads: Sequence[SpeculationTask],
     *,
     max_tokens: int = 160,
     repeats: int = 1,
@@ -250,7 +246,7 @@ class NgramSetting:
 def sweep_ngram(
     plain: TimedEngine,
     spec: EngineSpec,
-    workloads: Sequence[Workload],
+    workloads: Sequence[SpeculationTask],
     *,
     lookups: Sequence[int] = (3, 6, 12),
     drafts: Sequence[int] = (16, 64),
@@ -361,7 +357,7 @@ class AdaptiveServer:
     speculative: TimedEngine
     policy: AdaptiveSpeculation = field(default_factory=AdaptiveSpeculation)
 
-    def generate(self, workload: Workload, max_tokens: int) -> Generation:
+    def generate(self, workload: SpeculationTask, max_tokens: int) -> Generation:
         use = self.policy.choose(workload.name)
         done = generate(self.speculative if use else self.plain, workload, max_tokens)
         self.policy.record(workload.name, use, done.timings)

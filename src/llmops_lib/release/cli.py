@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from llmops_lib.errors import LLMOpsError, SpecError
+from llmops_lib.errors import LLMOpsError, SpecError, fail
 from llmops_lib.runbooks import ExitCode
 
 rollout_app = typer.Typer(
@@ -27,17 +27,13 @@ registry_app = typer.Typer(
 WhyOption = Annotated[str, typer.Option("--why", help="Why (kept in the audit trail).")]
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    code = ExitCode.BAD_PARAMETERS if isinstance(exc, SpecError) else ExitCode.INFRASTRUCTURE
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(int(code))
-
-
 def _end(state) -> None:  # noqa: ANN001 - RolloutState
+    from llmops_lib.release.phases import Phase
+
     typer.echo(f"{state.name}: {state.phase} — {state.message}")
-    if state.phase == "RolledBack":
+    if state.phase == Phase.ROLLED_BACK:
         raise typer.Exit(int(ExitCode.GATE_FAILED))
-    if state.phase != "Promoted":
+    if state.phase != Phase.PROMOTED:
         raise typer.Exit(int(ExitCode.INFRASTRUCTURE))
 
 
@@ -61,7 +57,7 @@ def rollout_run(
         controller = Controller.create(load_rollout(spec), gateway_url=gateway, request_log=request_log)
         state = controller.run(poll_s=poll)
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
     _end(state)
 
 
@@ -75,7 +71,7 @@ def rollout_resume(
     try:
         state = Controller(name).run(poll_s=poll)
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
     _end(state)
 
 
@@ -88,26 +84,37 @@ def rollout_status(
     """Phase, step, canary weight, analysis counts and the latest audit events."""
     from dataclasses import asdict
 
-    from llmops_lib.release.state import RolloutStore, list_rollouts
+    from llmops_lib.release.state import RolloutStore, list_rollouts, rollouts_dir
 
     if name is None:
+        if not list_rollouts():
+            typer.echo(f"no rollouts under {rollouts_dir()}: start one with `llmops rollout run`")
+        failed = None
         for known in list_rollouts():
-            state = RolloutStore(known).load()
+            try:
+                state = RolloutStore(known).load()
+            except LLMOpsError as exc:  # printed now; one corrupt state file must not hide the other rollouts
+                failed = fail(exc)
+                continue
             typer.echo(
-                f"{known}: {state.phase} (v{state.candidate_version} over v{state.stable_version}, canary {state.canary_weight} %)"
+                f"{known}: {state.phase} (v{state.candidate_version} over v{state.stable_version}, "
+                f"canary {state.canary_weight} %)"
             )
+        if failed is not None:
+            raise failed
         return
     try:
         store = RolloutStore(name)
         state = store.load()
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
     if as_json:
         typer.echo(json.dumps(asdict(state), indent=2))
         return
     steps = len(state.spec["steps"])
     typer.echo(
-        f"{name}: {state.phase} · step {min(state.step_index + 1, steps)}/{steps} · canary v{state.candidate_version} at {state.canary_weight} % · stable v{state.stable_version}"
+        f"{name}: {state.phase} · step {min(state.step_index + 1, steps)}/{steps} · "
+        f"canary v{state.candidate_version} at {state.canary_weight} % · stable v{state.stable_version}"
     )
     typer.echo(f"  {state.message}")
     for metric, counts in state.metrics.items():
@@ -124,7 +131,7 @@ def _operate(name: str, action: str, **kwargs: object):  # noqa: ANN202 - Rollou
     try:
         return getattr(Controller(name), action)(**kwargs)
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
 
 
 @rollout_app.command("promote")
@@ -157,9 +164,7 @@ def registry_register(
     name: str,
     artifact: Annotated[Path, typer.Argument(help="GGUF file or Hugging Face folder.")],
     sha256: Annotated[str | None, typer.Option(help="Refuse the artifact unless its sha256 is this.")] = None,
-    metric: Annotated[
-        list[str] | None, typer.Option(help="name=value evaluation result; repeat for several.")
-    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="name=value evaluation result; repeat for several.")] = None,
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
 ) -> None:
     """Verify (checksum, real llama.cpp load) and register the next version of a model."""
@@ -170,16 +175,24 @@ def registry_register(
         metrics = {k: float(v) for k, v in parse_assignments(metric or []).items()}
         record = Registry().register(name, artifact, expected_sha256=sha256, metrics=metrics, description=description)
     except (LLMOpsError, ValueError) as exc:
-        raise _fail(exc if isinstance(exc, LLMOpsError) else SpecError(f"a metric value is not a number: {exc}"))
+        raise fail(
+            exc if isinstance(exc, LLMOpsError) else SpecError(f"a metric value is not a number: {exc}")
+        ) from None
     typer.echo(f"{record.name} v{record.version}: {record.path} (sha256 {record.sha256[:16]}…)")
 
 
 @registry_app.command("list")
 def registry_list(name: str) -> None:
-    """Every version of a model with its aliases, checksum and metrics."""
+    """Every version of a model with its aliases, checksum and metrics (exit 2 if no version is registered)."""
     from llmops_lib.release.registry import Registry
 
-    for record in Registry().versions(name):
+    registry = Registry()
+    records = registry.versions(name)
+    if not records:
+        raise fail(
+            SpecError(f"no model {name!r} in the registry at {registry.uri}: `llmops registry register` it first")
+        )
+    for record in records:
         aliases = f" [{', '.join(record.aliases)}]" if record.aliases else ""
         typer.echo(
             f"v{record.version}{aliases}: {Path(record.path).name} sha256 {record.sha256[:12]}… {record.metrics or ''}"
@@ -194,7 +207,7 @@ def registry_alias(name: str, alias: str, version: str, why: WhyOption = "") -> 
     try:
         event = Registry().set_alias(name, alias, version, why=why)
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
     typer.echo(f"{alias} → v{version}" + ("" if event else " (already)"))
 
 
@@ -206,6 +219,6 @@ def registry_history(name: str) -> None:
     try:
         events = Registry().history(name)
     except LLMOpsError as exc:
-        raise _fail(exc)
+        raise fail(exc) from None
     for e in events:
         typer.echo(f"{e.when} {e.who}: {e.alias} v{e.from_version or '-'} → v{e.to_version or '-'} ({e.why})")

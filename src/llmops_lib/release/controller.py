@@ -30,20 +30,12 @@ from typing import Any
 
 from llmops_lib.errors import LLMOpsError, SpecError
 from llmops_lib.release import analysis
+from llmops_lib.release.conditions import check_query
 from llmops_lib.release.hooks import Hook, call_all
+from llmops_lib.release.phases import AnalysisPhase, Phase
 from llmops_lib.release.registry import Registry
 from llmops_lib.release.rollout import Pause, RolloutSpec, SetWeight
-from llmops_lib.release.state import (
-    PAUSED,
-    PENDING,
-    PROGRESSING,
-    PROMOTED,
-    PROMOTING,
-    ROLLED_BACK,
-    ROLLING_BACK,
-    RolloutState,
-    RolloutStore,
-)
+from llmops_lib.release.state import RolloutState, RolloutStore
 
 ADMIN_KEY_ENV = "LLMOPS_GATEWAY_ADMIN_KEY"
 #: reconciliations failing in a row (gateway or registry unreachable) before the controller gives up; a new one resumes
@@ -112,7 +104,8 @@ class Controller:
         registry = registry or Registry()
         for metric in spec.metrics:
             if metric.provider == "evaluation":
-                analysis.check_query("evaluation", metric.query, f"metric {metric.name!r}", evaluations)
+                known = [*analysis.EVALUATIONS, *(evaluations or {})]
+                check_query("evaluation", metric.query, f"metric {metric.name!r}", known)
         candidate = registry.get(spec.model, spec.candidate).verify()
         stable = registry.get(spec.model, "stable")
         if candidate.version == stable.version:
@@ -136,7 +129,7 @@ class Controller:
             state = RolloutState(
                 name=spec.name,
                 spec=spec.to_dict(),
-                phase=PENDING,
+                phase=Phase.PENDING,
                 candidate_version=candidate.version,
                 stable_version=stable.version,
                 started_at=time.time(),
@@ -234,7 +227,7 @@ class Controller:
                     step_index=state.step_index,
                     canary_weight=state.canary_weight,
                 )
-                if state.phase in (PROGRESSING, PAUSED) and state.step_index >= 0:
+                if state.phase in (Phase.PROGRESSING, Phase.PAUSED) and state.step_index >= 0:
                     try:  # the dead controller may have moved the weight without saving that it had
                         self._set_weight(state, self.spec.weight_after(state.step_index))
                     except LLMOpsError as exc:
@@ -248,11 +241,11 @@ class Controller:
             if state.done:
                 return state
             state.controller["heartbeat"] = time.time()
-            if state.phase == PROMOTING:
+            if state.phase == Phase.PROMOTING:
                 self._complete_promotion(state)
-            elif state.phase == ROLLING_BACK:
+            elif state.phase == Phase.ROLLING_BACK:
                 self._complete_rollback(state)
-            elif state.phase == PENDING:
+            elif state.phase == Phase.PENDING:
                 self._confirm_start(state)
             else:
                 self._progress(state)
@@ -266,7 +259,7 @@ class Controller:
         if not all(a["yes"] for a in answers):
             state.message = "waiting for confirm-rollout hooks"
             return
-        state.phase = PROGRESSING
+        state.phase = Phase.PROGRESSING
         state.analysis_started_at = time.time()
         self._enter(state, 0)
 
@@ -277,12 +270,12 @@ class Controller:
             self._begin_rollback(state, "a rollback hook asked for it")
             return
         phase, why = self._analyze(state)
-        if phase == analysis.FAILED:
+        if phase == AnalysisPhase.FAILED:
             self._begin_rollback(state, f"analysis failed: {why}")
             return
-        if phase == analysis.INCONCLUSIVE and state.phase != PAUSED:
+        if phase == AnalysisPhase.INCONCLUSIVE and state.phase != Phase.PAUSED:
             self._pause(state, "inconclusive", f"analysis inconclusive: {why}; promote to go on or abort")
-        if state.phase == PAUSED:
+        if state.phase == Phase.PAUSED:
             return
         steps = self.spec.steps
         while state.step_index < len(steps):
@@ -297,7 +290,7 @@ class Controller:
                     )
                     return
             self._enter(state, state.step_index + 1)
-        if phase != analysis.SUCCESSFUL:
+        if phase != AnalysisPhase.SUCCESSFUL:
             state.message = f"all steps done; {why}"
             return
         answers = call_all(self.hooks, "confirm-promotion", self._payload(state))
@@ -313,14 +306,14 @@ class Controller:
         if index >= len(self.spec.steps):
             return
         step = self.spec.steps[index]
-        self._audit(state, "StepStarted", step_index=index, step=asdict(step), step_kind=type(step).__name__)
+        self._audit(state, "StepStarted", step_index=index, step=step.model_dump(), step_kind=type(step).__name__)
         if isinstance(step, SetWeight):
             self._set_weight(state, step.weight)
         self.store.save(state)
 
     def _pause(self, state: RolloutState, reason: str, message: str) -> None:
-        state.phase, state.pause_reason, state.message = PAUSED, reason, message
-        self._audit(state, "Paused", reason=reason, message=message)
+        state.phase, state.pause_reason, state.message = Phase.PAUSED, reason, message
+        self._audit(state, Phase.PAUSED, reason=reason, message=message)
 
     # --- analysis ----------------------------------------------------------------------------
 
@@ -351,10 +344,10 @@ class Controller:
             )
         return self._targets
 
-    def _analyze(self, state: RolloutState) -> tuple[str, str]:
+    def _analyze(self, state: RolloutState) -> tuple[AnalysisPhase, str]:
         """Take every measurement that is due; the analysis outcome so far."""
         if state.analysis_started_at is None:
-            return analysis.RUNNING, "analysis not started"
+            return AnalysisPhase.RUNNING, "analysis not started"
         statuses = {m.name: analysis.MetricStatus(**state.metrics.get(m.name, {})) for m in self.spec.metrics}
         for metric in self.spec.metrics:
             status = statuses[metric.name]
@@ -386,7 +379,7 @@ class Controller:
             self._audit(state, "Measurement", canary_weight=state.canary_weight, **measurement.as_dict())
         state.metrics = {name: asdict(s) for name, s in statuses.items()}
         phase, why = analysis.outcome(self.spec.metrics, statuses)
-        if phase in (analysis.FAILED, analysis.INCONCLUSIVE) and state.phase != PAUSED:
+        if phase in (AnalysisPhase.FAILED, AnalysisPhase.INCONCLUSIVE) and state.phase != Phase.PAUSED:
             self._audit(state, "AnalysisOutcome", phase=phase, reason=why)
         return phase, why
 
@@ -399,7 +392,8 @@ class Controller:
             weights[self.spec.canary_deployment] = canary_weight
         elif canary_weight:  # gone from the route (someone removed it): nothing can be sent there
             raise SpecError(
-                f"the canary deployment {self.spec.canary_deployment!r} is no longer in the gateway route {self.spec.model!r}"
+                f"the canary deployment {self.spec.canary_deployment!r} is no longer in the gateway route "
+                f"{self.spec.model!r}: add it back or abort the rollout"
             )
         self.admin.set_weights(self.spec.model, weights)
         state.canary_weight = canary_weight
@@ -416,7 +410,7 @@ class Controller:
     # --- endings -----------------------------------------------------------------------------
 
     def _begin_promotion(self, state: RolloutState, reason: str) -> None:
-        state.phase, state.reason = PROMOTING, reason
+        state.phase, state.reason = Phase.PROMOTING, reason
         self._audit(state, "PromotionStarted", reason=reason)
         self.store.save(state)  # from here a restarted controller finishes the promotion
         self._complete_promotion(state)
@@ -429,10 +423,10 @@ class Controller:
         )
         self._move_alias("stable", state.candidate_version, f"rollout {self.spec.name} promoted: {state.reason}")
         self._move_alias("canary", None, f"rollout {self.spec.name} promoted")
-        self._finish(state, PROMOTED)
+        self._finish(state, Phase.PROMOTED)
 
     def _begin_rollback(self, state: RolloutState, reason: str) -> None:
-        state.phase, state.reason = ROLLING_BACK, reason
+        state.phase, state.reason = Phase.ROLLING_BACK, reason
         self._audit(state, "RollbackStarted", reason=reason)
         self.store.save(state)
         self._complete_rollback(state)
@@ -447,9 +441,9 @@ class Controller:
             pass  # already removed by a controller that died after doing it
         self._move_alias("canary", None, f"rollout {self.spec.name} rolled back: {state.reason}")
         self._move_alias("stable", state.stable_version, f"rollout {self.spec.name} rolled back: stable restored")
-        self._finish(state, ROLLED_BACK)
+        self._finish(state, Phase.ROLLED_BACK)
 
-    def _finish(self, state: RolloutState, phase: str) -> None:
+    def _finish(self, state: RolloutState, phase: Phase) -> None:
         state.phase, state.finished_at, state.pause_reason = phase, time.time(), None
         state.message = f"{phase}: {state.reason}"
         self._audit(state, phase, reason=state.reason, candidate=state.candidate_version, stable=state.stable_version)
@@ -468,11 +462,11 @@ class Controller:
             self._audit(state, "OperatorPromote", full=full, why=why, who=self.who)
             if full:
                 self._begin_promotion(state, f"full promotion by an operator: {why}")
-            elif state.phase == PAUSED:
+            elif state.phase == Phase.PAUSED:
                 if state.pause_reason == "inconclusive":  # the human looked at it: start counting afresh
                     for status in state.metrics.values():
                         status["inconclusive"] = 0
-                state.phase, resumed_step = PROGRESSING, state.pause_reason == "step"
+                state.phase, resumed_step = Phase.PROGRESSING, state.pause_reason == "step"
                 state.pause_reason, state.message = None, "resumed by an operator"
                 if resumed_step:
                     self._enter(state, state.step_index + 1)
@@ -498,9 +492,10 @@ class Controller:
         """After a promotion, go back: the old stable gets 100 % again and the `stable` alias back."""
         with self.store.locked():
             state = self.store.load()
-            if state.phase != PROMOTED:
+            if state.phase != Phase.PROMOTED:
                 raise SpecError(
-                    f"rollout {state.name!r} is {state.phase}; undo goes back from a promotion (use abort while it runs)"
+                    f"rollout {state.name!r} is {state.phase}; "
+                    "undo goes back from a promotion (use abort while it runs)"
                 )
             self._audit(state, "OperatorUndo", why=why, who=self.who)
             rollback_to(
@@ -512,9 +507,13 @@ class Controller:
                 why=f"undo of {state.name}: {why}",
                 who=self.who,
             )
-            state.phase, state.reason, state.canary_weight = ROLLED_BACK, f"undone: {why}", 0
+            state.phase, state.reason, state.canary_weight = Phase.ROLLED_BACK, f"undone: {why}", 0
             self._audit(
-                state, ROLLED_BACK, reason=state.reason, candidate=state.candidate_version, stable=state.stable_version
+                state,
+                Phase.ROLLED_BACK,
+                reason=state.reason,
+                candidate=state.candidate_version,
+                stable=state.stable_version,
             )
             self.store.save(state)
             return state

@@ -1,20 +1,26 @@
 """A release environment on one machine: an engine per registered version, and a gateway in front.
 
 The book, the runbooks and the tests rehearse a release the way production runs one: each
-version is served from *its registered* engine spec (artifact verified by sha256 first), and the
-gateway routes the model's traffic between them by weight, logging every request.
+version is served from *its registered* engine spec (artifact verified by sha256 at every start),
+and the gateway routes the model's traffic between them by weight, logging every request.
+`rehearsal_registry` fills a registry with the versions such a rehearsal releases.
 Explained in: book/chapters/04_delivery/canary_release
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from llmops_lib.engines import EngineSpec
 from llmops_lib.engines.llamacpp import LlamaServer
+from llmops_lib.models import default_model, inspect_gguf
+from llmops_lib.optimize.perplexity import held_out_perplexity
+from llmops_lib.optimize.quantize import model_as
+from llmops_lib.release.phases import Phase
 from llmops_lib.release.registry import ModelRecord, Registry
 from llmops_lib.release.rollout import RolloutSpec
 
@@ -40,7 +46,7 @@ class LocalRelease:
         stable_deployment: str = "stable",
         canary_deployment: str = "canary",
     ) -> None:
-        self.stable, self.candidate = stable.verify(), candidate.verify()
+        self.stable, self.candidate = stable, candidate
         self.model, self.request_log, self.admin_key, self.threads = stable.name, str(request_log), admin_key, threads
         self.stable_deployment, self.canary_deployment = stable_deployment, canary_deployment
         self.engines: dict[str, LlamaServer] = {}
@@ -48,10 +54,16 @@ class LocalRelease:
         self._stack = ExitStack()
 
     def start(self) -> Self:
+        """Start both engines and the gateway; both artifacts' sha256 are checked before anything starts.
+
+        Raises:
+            ModelError: an artifact changed or vanished since it was registered (nothing started).
+        """
         from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
 
+        records = {self.stable_deployment: self.stable.verify(), self.canary_deployment: self.candidate.verify()}
         try:
-            for deployment, record in ((self.stable_deployment, self.stable), (self.canary_deployment, self.candidate)):
+            for deployment, record in records.items():
                 self.engines[deployment] = self._stack.enter_context(LlamaServer(record.spec(threads=self.threads)))
             route = Route(
                 model=self.model,
@@ -79,7 +91,7 @@ class LocalRelease:
 
     def stop_canary(self, payload: dict) -> bool:
         """post-rollout hook: a rolled-back canary's engine is stopped (a promoted one keeps serving)."""
-        if payload.get("phase") == "RolledBack":
+        if payload.get("phase") == Phase.ROLLED_BACK:
             self.engines[self.canary_deployment].stop()
         return True
 
@@ -112,7 +124,6 @@ def rehearse(
     Returns the controller (state, audit) and the traffic's outcomes."""
     from llmops_lib.release.controller import Controller
     from llmops_lib.release.hooks import Hook
-    from llmops_lib.release.state import PAUSED
     from llmops_lib.release.traffic import BackgroundTraffic
 
     stable, candidate = registry.get(spec.model, "stable"), registry.get(spec.model, spec.candidate)
@@ -139,9 +150,52 @@ def rehearse(
                 state = controller.run(
                     poll_s=0.25,
                     timeout_s=deadline - time.monotonic(),
-                    stop_when=(lambda s: s.phase == PAUSED) if on_pause else None,
+                    stop_when=(lambda s: s.phase == Phase.PAUSED) if on_pause else None,
                 )
-                if state.done or state.phase != PAUSED:
+                if state.done or state.phase != Phase.PAUSED:
                     break
                 on_pause(controller)
     return controller, dict(traffic.outcomes)
+
+
+def rehearsal_registry(
+    registry: Registry,
+    model: str = "gemma",
+    candidates: Sequence[str | Path] = ("Q8_0",),
+    *,
+    threads: int = 1,
+    perplexity: bool = False,
+    who: str | None = None,
+) -> dict[str, ModelRecord]:
+    """Fill `registry` with what a rehearsed release needs: the shipped model (made `stable` when
+    the registry has no stable version yet) and each candidate.
+
+    A candidate given as a string is a llama.cpp type (e.g. "Q8_0"): the shipped model in that type
+    (`optimize.quantize.model_as`, made once and cached); a `Path` is that GGUF file. Every
+    version is served with n_ctx 1024, two slots and `threads` threads. With `perplexity`, each
+    version keeps its held-out perplexity as the registry metric `perplexity`.
+
+    Returns:
+        the versions registered, by label: the shipped model's file type (e.g. "Q4_K_M", absent
+        when the registry already had a stable version), then each candidate's type or file name.
+    """
+    shipped = default_model()
+    has_stable = "stable" in registry.aliases(model)
+    files = {} if has_stable else {inspect_gguf(shipped).file_type: shipped}
+    for candidate in candidates:
+        label = candidate.name if isinstance(candidate, Path) else candidate
+        files[label] = candidate if isinstance(candidate, Path) else model_as(shipped, candidate)
+    records = {}
+    for label, path in files.items():
+        spec = EngineSpec(model=path, n_ctx=1024, threads=threads, parallel=2)
+        record = registry.register(model, path, spec=spec, description=f"{label} ({Path(path).name})")
+        if perplexity:
+            value = held_out_perplexity(record.path, record.sha256)
+            record = registry.log_metrics(model, record.version, {"perplexity": value})
+        records[label] = record
+    if not has_stable:
+        first = next(iter(records.values()))
+        registry.set_alias(
+            model, "stable", first.version, why="rehearsal: the shipped model is what users have", who=who
+        )
+    return records

@@ -4,9 +4,13 @@ It is MLflow's model registry, not a hand-written one: by default the embedded S
 `LLMOPS_HOME/mlflow.db` (`LLMOPS_REGISTRY_URI` or `tracking_uri=` point it at any MLflow tracking
 URI, a server included). What we add is what operators need from it:
 
-- **Registering verifies** the artifact's sha256 (against the expected one when given) and that
-  the engine really loads it (llama.cpp for a GGUF); only then is the version written, in one
-  call, so a failed registration leaves no half entry.
+- **Registering verifies** a GGUF's whole structure (`models.inspect_gguf`), the artifact's
+  sha256 (against the expected one when given) and that the engine really loads it (llama.cpp
+  for a GGUF); only then is the version written, in one call, so a failed registration leaves
+  no half entry.
+- **Every start re-checks the sha256** (`ModelRecord.verify`, called by whatever starts a
+  version): a weight byte flipped inside a structurally valid file is invisible to any
+  structural check, but not to the hash recorded at registration.
 - **Every alias move is an event** (who, when, why, from which version to which), kept in the
   registry itself as a tag of the registered model, so `history()` is the audit of `stable`.
 
@@ -30,7 +34,7 @@ from typing import Any
 from llmops_lib.config import settings
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import LLMOpsError, ModelError, SpecError
-from llmops_lib.models import sha256_file
+from llmops_lib.models import inspect_gguf, sha256_file
 
 TAG = "llmops."  # prefix of our tags on model versions
 EVENT = "llmops.alias_event."  # prefix of alias-event tags on the registered model
@@ -90,7 +94,8 @@ class ModelRecord:
         return EngineSpec(**(self.engine_spec | overrides))
 
     def verify(self) -> ModelRecord:
-        """Refuse to serve an artifact that changed or vanished since it was registered."""
+        """Refuse to serve an artifact that changed or vanished since it was registered (its sha256 is
+        computed again and compared with the one recorded at registration). Call it at every start."""
         path = Path(self.path)
         if not path.exists():
             raise ModelError(
@@ -99,7 +104,8 @@ class ModelRecord:
         actual = artifact_sha256(path)
         if actual != self.sha256:
             raise ModelError(
-                f"{self.name} v{self.version}: {path} has sha256 {actual[:16]}…, registered {self.sha256[:16]}…: it was changed; register it again"
+                f"{self.name} v{self.version}: {path} has sha256 {actual[:16]}…, registered {self.sha256[:16]}…: "
+                "it was changed since; restore the registered file, or register this one as a new version"
             )
         return self
 
@@ -166,16 +172,23 @@ class Registry:
                 folder check for a Hugging Face folder (give vLLM's load here to check that too).
 
         Raises:
-            ModelError: missing artifact, wrong checksum, or the engine cannot load it (nothing registered).
+            ModelError: missing artifact, damaged GGUF structure, wrong checksum, or the engine
+                cannot load it (nothing registered).
         """
         path = Path(artifact).expanduser().resolve()
         if not path.exists():
             raise ModelError(f"cannot register {name}: artifact {path} does not exist")
         fmt = "gguf" if path.is_file() else "hf"
+        if fmt == "gguf":
+            try:  # a damaged structure is refused before anything is hashed, loaded or written
+                inspect_gguf(path)
+            except ModelError as exc:
+                raise ModelError(f"cannot register {name}: {exc}") from None
         sha = artifact_sha256(path)
         if expected_sha256 is not None and sha != expected_sha256.lower():
             raise ModelError(
-                f"cannot register {name}: {path} has sha256 {sha[:16]}…, expected {expected_sha256[:16]}…: the file is not the one you meant"
+                f"cannot register {name}: {path} has sha256 {sha[:16]}…, expected {expected_sha256[:16]}…: "
+                "the file is not the one you meant"
             )
         if fmt == "gguf":
             spec = spec or EngineSpec(model=path, n_ctx=1024, threads=1)

@@ -13,10 +13,16 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from llmops_lib.viz import grid
+from llmops_lib.release.phases import AnalysisPhase, Phase
 
-PHASE_COLORS = {"Successful": "#2ca02c", "Failed": "#d62728", "Inconclusive": "#ff7f0e", "Error": "#7f7f7f"}
-DECISIONS = ("Paused", "Promoted", "RolledBack", "ControllerRestarted", "OperatorPromote", "OperatorAbort")
+PHASE_COLORS = {
+    AnalysisPhase.SUCCESSFUL: "#2ca02c",
+    AnalysisPhase.FAILED: "#d62728",
+    AnalysisPhase.INCONCLUSIVE: "#ff7f0e",
+    AnalysisPhase.ERROR: "#7f7f7f",
+}
+#: audit events drawn as vertical lines: the rollout entering a phase, and what operators and restarts did.
+DECISIONS = (Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK, "ControllerRestarted", "OperatorPromote", "OperatorAbort")
 
 
 def _start(events: Sequence[Mapping[str, Any]]) -> float:
@@ -60,7 +66,7 @@ def decision(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The rollout's ending: phase, reason, and seconds from start (empty while it runs)."""
     t0 = _start(events)
     for event in reversed(events):
-        if event["type"] in ("Promoted", "RolledBack"):
+        if event["type"] in (Phase.PROMOTED, Phase.ROLLED_BACK):
             return {"phase": event["type"], "reason": event.get("reason", ""), "t_s": round(event["at"] - t0, 1)}
     return {}
 
@@ -107,16 +113,3 @@ def timeline(events: Sequence[Mapping[str, Any]], title: str = "Canary release")
     fig.update_xaxes(title_text="seconds since the rollout started", row=1 + len(metrics), col=1)
     fig.update_layout(title=title, height=260 + 220 * len(metrics), legend={"orientation": "h", "y": -0.15})
     return fig
-
-
-def show_rows(rows: Sequence[Mapping[str, Any]]) -> None:
-    """Display rows of dicts as a table (floats to 4 significant digits; "(none)" when empty)."""
-    if not rows:
-        print("(none)")
-        return
-
-    def cell(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else str(value)
-
-    header = list(rows[0])
-    grid(header, [[cell(row.get(k)) for k in header] for row in rows])

@@ -3,11 +3,14 @@
 The shape follows Argo Rollouts (`setWeight`, `pause`, background analysis with `interval`,
 `count`, `successCondition`, `failureCondition`, `failureLimit`) and Flagger's webhooks
 (`confirm-rollout`, `confirm-promotion`, `rollback`, `post-rollout`, `event`), so an operator
-who knows those reads ours at a glance. Everything is checked when the spec is built, before any
-traffic moves: a weight outside 0–100, an unknown metric query, a condition naming something
-other than `result` and `baseline` are refused with a SpecError naming the field.
+who knows those reads ours at a glance. The spec is a set of pydantic models: everything is
+checked when it is built, before any traffic moves, and a bad value is a SpecError whose message
+gives its path as written (`analysis.metrics.0.interval: Input should be greater than 0`); an
+unknown key is refused with the keys accepted there, so a typo never passes silently.
 
-YAML keys may be written camelCase (as in Argo) or snake_case. See deploy/rollouts/*.yaml.
+YAML keys are camelCase as in Argo (snake_case works too). Queries and conditions are checked
+against `release.conditions` (the grammar the analysis evaluates), never against the analysis
+itself. See deploy/rollouts/*.yaml.
 Explained in: book/chapters/04_delivery/canary_release
 """
 
@@ -15,96 +18,179 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
 
 from llmops_lib.errors import SpecError
+from llmops_lib.gateway.config import Weight
+from llmops_lib.release.conditions import check_condition, check_query
 
-PROVIDERS = ("request_log", "prometheus", "evaluation")
-ON_MISSING = ("inconclusive", "failed", "successful", "skip")
-ON_RESTART = ("resume", "abort")
-HOOK_KINDS = ("confirm-rollout", "confirm-promotion", "rollback", "post-rollout", "event")
+Provider = Literal["request_log", "prometheus", "evaluation"]
+OnMissing = Literal["inconclusive", "failed", "successful", "skip"]
+OnRestart = Literal["resume", "abort"]
+HookKind = Literal["confirm-rollout", "confirm-promotion", "rollback", "post-rollout", "event"]
+HOOK_KINDS: tuple[str, ...] = get_args(HookKind)
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(value: float | int | str, what: str) -> float:
+def parse_duration(value: float | int | str) -> float:
     """Seconds from `30`, `"30s"`, `"500ms"`, `"2m"` or `"1h"`."""
     if isinstance(value, bool):
-        raise SpecError(f"{what} must be a duration like 30s or 2m, got {value!r}")
+        raise SpecError(f"must be a duration like 30s or 2m, got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise SpecError(f"{what} must be a duration like 30s, 500ms or 2m, got {value!r}")
+            raise SpecError(f"must be a duration like 30s, 500ms or 2m, got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds < 0:
-        raise SpecError(f"{what} must not be negative, got {value!r}")
+        raise SpecError(f"must not be negative, got {value!r}")
     return seconds
 
 
-def _camel(key: str) -> str:
-    head, *rest = key.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def _snake(key: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower().replace("-", "_")
-
-
-def _snake_keys(data: Any) -> Any:
-    """camelCase keys (Argo's YAML) → snake_case, recursively; values are left alone."""
-    if isinstance(data, Mapping):
-        return {_snake(str(k)): _snake_keys(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_snake_keys(v) for v in data]
-    return data
-
-
-def _int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f"at least {low}"
-        raise SpecError(f"{what} must be an integer {bounds}, got {value!r}")
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} must be lower-case letters, digits, '.', '_' or '-' (at most 63)")
     return value
 
 
-@dataclass(frozen=True)
-class SetWeight:
-    """Send `weight` percent of the route's traffic to the canary (the rest to stable)."""
-
-    weight: int
-
-    def __post_init__(self) -> None:
-        _int(self.weight, "setWeight", 0, 100)
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value
 
 
-@dataclass(frozen=True)
-class Pause:
-    """Wait `duration_s` seconds, or until an operator promotes (`duration_s=None`)."""
-
-    duration_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.duration_s is not None:
-            object.__setattr__(self, "duration_s", parse_duration(self.duration_s, "pause.duration"))
+def _condition(text: str) -> str:
+    check_condition(text)
+    return text
 
 
-Step = SetWeight | Pause
+def _version(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # YAML reads `version: 3` as a number
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("the candidate is missing: give the registry version (e.g. '3') or alias to roll out")
+    return value.strip() if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class MetricSpec:
+#: Seconds, written as a number or as `30s`, `500ms`, `2m`, `1h`; written back as `<seconds>s`.
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(lambda s: f"{s:g}s")]
+Count = Annotated[int, Field(ge=0, strict=True)]
+Name = Annotated[str, AfterValidator(_name)]
+Url = Annotated[str, AfterValidator(_http_url)]
+Condition = Annotated[str, AfterValidator(_condition)]
+
+
+class _Spec(BaseModel):
+    """Argo's camelCase keys (snake_case accepted), unknown keys refused, immutable; a bad value
+    raises SpecError with its path, also when the model is built from Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    _what: ClassVar[str] = "rollout spec"
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SpecError(f"{self._what}: {_describe(exc, type(self))}") from None
+
+    # pydantic builds nested models without calling an __init__ so marked (as its own): a nested
+    # error keeps its full path and is converted once, by the outermost model.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class SetWeight(_Spec):
+    """Send `weight` percent of the route's traffic to the canary (the rest to stable). YAML: `setWeight: 20`."""
+
+    _what = "setWeight step"
+    weight: Weight = Field(alias="setWeight")
+
+    def __init__(self, weight: int | None = None, /, **data: Any) -> None:
+        super().__init__(**({"weight": weight} if weight is not None else {}), **data)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_serializer
+    def _argo(self) -> dict[str, Any]:
+        return {"setWeight": self.weight}
+
+
+def _pause_body(value: object) -> object:
+    """`pause: {duration: 30s}` (or `pause: {}`) in YAML; a duration or None from Python."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"duration"})
+        if unknown:
+            raise ValueError(f"a pause takes only a duration, got {unknown}")
+        return value.get("duration")
+    return value
+
+
+class Pause(_Spec):
+    """Wait `duration_s` seconds, or until an operator promotes (`duration_s=None`). YAML: `pause: {duration: 30s}`."""
+
+    _what = "pause step"
+    duration_s: Annotated[Duration | None, BeforeValidator(_pause_body)] = Field(None, alias="pause")
+
+    def __init__(self, duration: float | str | None = None, /, **data: Any) -> None:
+        super().__init__(**({"duration_s": duration} if duration is not None else {}), **data)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_serializer
+    def _argo(self) -> dict[str, Any]:
+        return {"pause": {} if self.duration_s is None else {"duration": f"{self.duration_s:g}s"}}
+
+
+def _step_kind(value: object) -> str | None:
+    if isinstance(value, (SetWeight, Pause)):
+        return "setWeight" if isinstance(value, SetWeight) else "pause"
+    if isinstance(value, Mapping) and len(value) == 1:
+        return {"setWeight": "setWeight", "set_weight": "setWeight", "pause": "pause"}.get(next(iter(value)))
+    return None
+
+
+Step = Annotated[
+    Annotated[SetWeight, Tag("setWeight")] | Annotated[Pause, Tag("pause")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step",
+        custom_error_message="each step has one key: setWeight (a percentage) or pause (with an optional duration)",
+    ),
+]
+
+
+class MetricSpec(_Spec):
     """One metric of the analysis, measured every `interval_s` on the canary (and the stable baseline).
 
     Attributes:
         name: unique within the rollout; names the measurement in the audit trail and the plots.
         provider: `request_log` (the gateway's per-request log), `prometheus` (the gateway's
             /metrics) or `evaluation` (a function, e.g. held-out perplexity of the model file).
-        query: what to compute (see `llmops_lib.release.analysis.QUERIES` and `evaluations`).
-        interval_s: seconds between measurements; each measures the window since the last one.
+        query: what to compute: one of `release.conditions.REQUEST_LOG_QUERIES` (or
+            `FEEDBACK_QUERY`), `PROMETHEUS_QUERIES`, or an evaluation's name (`BUILTIN_EVALUATIONS`
+            and whatever the controller is given; the controller checks those).
+        interval_s: seconds between measurements (YAML `interval`); each measures the window since the last one.
         count: measurements to take; None keeps measuring until the rollout ends (background).
         success_condition, failure_condition: expressions over `result` (the canary's value) and
             `baseline` (the stable deployment's value over the same window), e.g.
@@ -118,189 +204,171 @@ class MetricSpec:
             (take no measurement now, try again next interval).
     """
 
-    name: str
-    provider: str
-    query: str
-    interval_s: float = 10.0
-    count: int | None = None
-    success_condition: str | None = None
-    failure_condition: str | None = None
-    failure_limit: int = 0
-    inconclusive_limit: int = 0
-    consecutive_error_limit: int = 4
-    min_samples: int = 1
-    on_missing: str = "inconclusive"
+    _what = "analysis metric"
+    name: Name
+    provider: Provider
+    query: Annotated[str, Field(min_length=1)]
+    interval_s: Annotated[Duration, Field(gt=0)] = Field(10.0, alias="interval")
+    count: Annotated[int, Field(ge=1, strict=True)] | None = None
+    success_condition: Condition | None = None
+    failure_condition: Condition | None = None
+    failure_limit: Count = 0
+    inconclusive_limit: Count = 0
+    consecutive_error_limit: Count = 4
+    min_samples: Count = 1
+    on_missing: OnMissing = "inconclusive"
 
-    def __post_init__(self) -> None:
-        from llmops_lib.release.analysis import check_condition, check_query
+    @field_validator("query")
+    @classmethod
+    def _known_query(cls, query: str, info: ValidationInfo) -> str:
+        provider = info.data.get("provider")
+        # evaluation names are checked by the controller, which may add its own
+        if provider in ("request_log", "prometheus"):
+            check_query(provider, query)
+        return query
 
-        what = f"metric {self.name!r}"
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise SpecError(f"metric name {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
-        if self.provider not in PROVIDERS:
-            raise SpecError(f"{what}: provider {self.provider!r} is unknown; use one of {', '.join(PROVIDERS)}")
-        if self.provider != "evaluation":  # evaluation names are checked by the controller, which may add its own
-            check_query(self.provider, self.query, what)
-        elif not isinstance(self.query, str) or not self.query:
-            raise SpecError(f"{what}: an evaluation metric names its evaluation function in query")
-        object.__setattr__(self, "interval_s", parse_duration(self.interval_s, f"{what}: interval"))
-        if self.interval_s <= 0:
-            raise SpecError(f"{what}: interval must be more than 0 s")
-        if self.count is not None:
-            _int(self.count, f"{what}: count", 1)
-        for limit in ("failure_limit", "inconclusive_limit", "consecutive_error_limit", "min_samples"):
-            _int(getattr(self, limit), f"{what}: {limit}", 0)
+    @model_validator(mode="after")
+    def _some_condition(self) -> MetricSpec:
         if self.success_condition is None and self.failure_condition is None:
-            raise SpecError(f"{what}: give a successCondition, a failureCondition or both")
-        for kind in ("success_condition", "failure_condition"):
-            if getattr(self, kind) is not None:
-                check_condition(getattr(self, kind), f"{what}: {kind}")
-        if self.on_missing not in ON_MISSING:
-            raise SpecError(f"{what}: onMissing {self.on_missing!r} is unknown; use one of {', '.join(ON_MISSING)}")
+            raise ValueError(f"metric {self.name!r}: give a successCondition, a failureCondition or both")
+        return self
 
     @property
     def needs_baseline(self) -> bool:
         return any("baseline" in (c or "") for c in (self.success_condition, self.failure_condition))
 
 
-@dataclass(frozen=True)
-class HookSpec:
-    """A Flagger-style webhook: POST the rollout's status as JSON to `url`; 2xx means yes."""
+class HookSpec(_Spec):
+    """A Flagger-style webhook: POST the rollout's status as JSON to `url`; 2xx means yes.
+    YAML: `{type: confirm-promotion, url: http://…, timeout: 10s}`."""
 
-    kind: str
-    url: str
-    timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in HOOK_KINDS:
-            raise SpecError(f"hook type {self.kind!r} is unknown; use one of {', '.join(HOOK_KINDS)}")
-        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
-            raise SpecError(f"{self.kind} hook: url must start with http:// or https://, got {self.url!r}")
-        object.__setattr__(self, "timeout_s", parse_duration(self.timeout_s, f"{self.kind} hook: timeout"))
+    _what = "hook"
+    kind: HookKind = Field(alias="type")
+    url: Url
+    timeout_s: Duration = Field(10.0, alias="timeout")
 
 
-@dataclass(frozen=True)
-class RolloutSpec:
+class StableSide(_Spec):
+    """`stable:` the gateway deployment serving the version the registry alias `stable` points at."""
+
+    deployment: Name = "stable"
+
+
+class CanarySide(_Spec):
+    """`canary:` the candidate version, its deployment, and where its engine listens (added to the
+    route with weight 0 at start if the route lacks it)."""
+
+    version: Annotated[str, BeforeValidator(_version)] = Field("", validate_default=True)
+    deployment: Name = "canary"
+    url: Url | None = None
+
+
+class Analysis(_Spec):
+    """`analysis:` the background analysis, measured from the first step until the end."""
+
+    metrics: tuple[MetricSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Analysis:
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique, got {names}")
+        return self
+
+
+#: Python's flat keyword names → where they live in the YAML document.
+_FLAT = {
+    "candidate": ("canary", "version"),
+    "canary_deployment": ("canary", "deployment"),
+    "canary_url": ("canary", "url"),
+    "stable_deployment": ("stable", "deployment"),
+    "metrics": ("analysis", "metrics"),
+}
+
+
+class RolloutSpec(_Spec):
     """A canary release of one registered model version behind one gateway route.
+
+    Built from YAML (`load_rollout`) or from Python with flat names:
+    `RolloutSpec(name=, model=, candidate=, stable_deployment=, canary_deployment=, steps=, metrics=)`.
 
     Attributes:
         name: the rollout's name (its state and audit trail live under LLMOPS_HOME/rollouts/<name>/).
         model: the registered model name, which is also the gateway route's model name.
-        candidate: the registry version (`"3"`) or alias to roll out.
-        stable_deployment, canary_deployment: deployment names in the gateway route.
-        canary_url: where the canary engine listens; if the route lacks the canary deployment,
-            it is added with weight 0 at start.
+        stable, canary: the two sides (see `StableSide`, `CanarySide`); `candidate`,
+            `stable_deployment`, `canary_deployment` and `canary_url` read them.
         steps: what to do, in order (SetWeight, Pause). After the last step the canary is promoted.
-        metrics: the background analysis, measured from the first step until the end.
+        analysis: the metrics (`metrics` reads them).
         hooks: webhooks (Python callables are given to the controller instead).
         on_restart: what a controller that finds this rollout mid-way does: `resume` or `abort`.
     """
 
-    name: str
-    model: str
-    candidate: str
-    stable_deployment: str
-    canary_deployment: str
+    name: Name
+    model: Name
+    stable: StableSide = StableSide()
+    canary: CanarySide
     steps: tuple[Step, ...]
-    metrics: tuple[MetricSpec, ...] = ()
-    canary_url: str | None = None
+    analysis: Analysis = Analysis()
     hooks: tuple[HookSpec, ...] = ()
-    on_restart: str = "resume"
+    on_restart: OnRestart = "resume"
 
-    def __post_init__(self) -> None:
-        for attribute in ("name", "model", "stable_deployment", "canary_deployment"):
-            value = getattr(self, attribute)
-            if not isinstance(value, str) or not _NAME.match(value):
-                raise SpecError(f"rollout {attribute} {value!r} must be lower-case letters, digits, '.', '_' or '-'")
-        object.__setattr__(self, "candidate", str(self.candidate or "").strip())
-        if not self.candidate:
-            raise SpecError(
-                f"rollout {self.name!r}: candidate is missing: give the registry version (e.g. '3') to roll out"
-            )
-        if self.stable_deployment == self.canary_deployment:
-            raise SpecError(f"rollout {self.name!r}: stable and canary must be different deployments")
-        object.__setattr__(self, "steps", tuple(self.steps))
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        object.__setattr__(self, "hooks", tuple(self.hooks))
-        if not self.steps:
-            raise SpecError(f"rollout {self.name!r} has no steps: give at least one setWeight")
-        for step in self.steps:
-            if not isinstance(step, (SetWeight, Pause)):
-                raise SpecError(f"rollout {self.name!r}: step {step!r} is neither setWeight nor pause")
-        names = [m.name for m in self.metrics]
-        if len(set(names)) != len(names):
-            raise SpecError(f"rollout {self.name!r}: metric names must be unique, got {names}")
-        if self.on_restart not in ON_RESTART:
-            raise SpecError(
-                f"rollout {self.name!r}: onRestart {self.on_restart!r} is unknown; use one of {', '.join(ON_RESTART)}"
-            )
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for flat, (side, key) in _FLAT.items():
+            if flat in data:
+                data[side] = {**(data.get(side) or {}), key: data.pop(flat)}
+        data.setdefault("canary", {})  # so a missing candidate is named as such
+        return data
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, steps: tuple[SetWeight | Pause, ...]) -> tuple[SetWeight | Pause, ...]:
+        if not steps:
+            raise ValueError("no steps: give at least one setWeight")
+        return steps
+
+    @model_validator(mode="after")
+    def _two_deployments(self) -> RolloutSpec:
+        if self.stable.deployment == self.canary.deployment:
+            raise ValueError(f"stable and canary must be different deployments, both are {self.canary.deployment!r}")
+        return self
+
+    @property
+    def candidate(self) -> str:
+        return self.canary.version
+
+    @property
+    def stable_deployment(self) -> str:
+        return self.stable.deployment
+
+    @property
+    def canary_deployment(self) -> str:
+        return self.canary.deployment
+
+    @property
+    def canary_url(self) -> str | None:
+        return self.canary.url
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        return self.analysis.metrics
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
-        """Build from Argo-like data (YAML/JSON); unknown keys are refused so typos do not pass silently."""
-        data = _snake_keys(dict(data))
-        allowed = {"name", "model", "candidate", "stable", "canary", "steps", "analysis", "hooks", "on_restart"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise SpecError(f"rollout has unknown keys {unknown}; accepted: {', '.join(sorted(allowed))}")
-        stable, canary = data.get("stable") or {}, data.get("canary") or {}
+        """Build from Argo-like data (YAML/JSON). Raises SpecError naming the path of each bad value."""
         try:
-            return cls(
-                name=data.get("name", ""),
-                model=data.get("model", ""),
-                candidate=canary.get("version", data.get("candidate", "")),
-                stable_deployment=stable.get("deployment", "stable"),
-                canary_deployment=canary.get("deployment", "canary"),
-                canary_url=canary.get("url"),
-                steps=tuple(_step(step, i) for i, step in enumerate(data.get("steps") or [])),
-                metrics=tuple(_metric(m) for m in (data.get("analysis") or {}).get("metrics") or []),
-                hooks=tuple(_hook(h) for h in data.get("hooks") or []),
-                on_restart=data.get("on_restart", "resume"),
-            )
-        except TypeError as exc:  # an unknown field of a metric or hook
-            raise SpecError(f"rollout spec: {exc}") from None
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(f"rollout spec: {_describe(exc, cls)}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as Argo-style data (camelCase keys, metric fields left at their defaults omitted);
-        `from_dict(to_dict())` round-trips, and the state file keeps it in this form."""
-        defaults = {f.name: f.default for f in fields(MetricSpec)}
-        metrics = [
-            {
-                _camel(k): v
-                for k, v in asdict(m).items()
-                if k in ("name", "provider", "query", "interval_s") or v != defaults[k]
-            }
-            for m in self.metrics
-        ]
-        steps = [
-            {"setWeight": s.weight}
-            if isinstance(s, SetWeight)
-            else {"pause": {} if s.duration_s is None else {"duration": f"{s.duration_s:g}s"}}
-            for s in self.steps
-        ]
-        return {
-            "name": self.name,
-            "model": self.model,
-            "stable": {"deployment": self.stable_deployment},
-            "canary": {
-                "version": self.candidate,
-                "deployment": self.canary_deployment,
-                **({"url": self.canary_url} if self.canary_url else {}),
-            },
-            "steps": steps,
-            "analysis": {
-                "metrics": [
-                    {k: v for k, v in m.items() if k != "intervalS"} | {"interval": f"{m['intervalS']:g}s"}
-                    for m in metrics
-                ]
-            },
-            **(
-                {"hooks": [{"type": h.kind, "url": h.url, "timeout": f"{h.timeout_s:g}s"} for h in self.hooks]}
-                if self.hooks
-                else {}
-            ),
-            **({"onRestart": self.on_restart} if self.on_restart != "resume" else {}),
-        }
+        """The spec as Argo-style data (camelCase keys, what was given); `from_dict(to_dict())`
+        round-trips, and the state file keeps it in this form."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def weight_after(self, step_index: int) -> int:
         """The canary weight once steps[0..step_index] have run (0 before any setWeight)."""
@@ -308,40 +376,41 @@ class RolloutSpec:
         return weights[-1] if weights else 0
 
 
-def _step(step: object, index: int) -> Step:
-    if not isinstance(step, Mapping) or len(step) != 1:
-        raise SpecError(
-            f"step {index}: each step is one of {{setWeight: N}} or {{pause: {{duration: 30s}}}}, got {step!r}"
-        )
-    ((kind, value),) = step.items()
-    if kind == "set_weight":
-        return SetWeight(value)
-    if kind == "pause":
-        value = value or {}
-        if not isinstance(value, Mapping) or set(value) - {"duration"}:
-            raise SpecError(f"step {index}: pause takes only a duration, got {value!r}")
-        return Pause(value.get("duration"))
-    raise SpecError(f"step {index}: unknown step {kind!r}; use setWeight or pause")
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """pydantic's errors as one line: each bad value's path as written, and what is wrong with it."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        path = ".".join(part for i, part in enumerate(loc) if i == 0 or part != loc[i - 1])  # a step's tag, once
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key; accepted here: {', '.join(_keys_at(model, error['loc'][:-1]))}"
+        elif error["type"] == "missing":
+            message = "is required"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{path}: {message}" if path else message)
+    return "; ".join(problems)
 
 
-def _metric(data: object) -> MetricSpec:
-    if not isinstance(data, Mapping):
-        raise SpecError(f"each analysis metric is a mapping, got {data!r}")
-    data = dict(data)
-    if "interval" in data:
-        data["interval_s"] = data.pop("interval")
-    return MetricSpec(**data)
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model found by following `loc` from `model` accepts (as written in YAML)."""
+    models = [model]
+    for part in loc:
+        inner = [
+            found
+            for m in models
+            for name, info in m.model_fields.items()
+            if part in (name, info.alias)
+            for found in _models_in(info.annotation)
+        ]
+        models = inner or models  # a list index or a step's tag: same model
+    return sorted({info.alias or name for m in models for name, info in m.model_fields.items()})
 
 
-def _hook(data: object) -> HookSpec:
-    if not isinstance(data, Mapping):
-        raise SpecError(f"each hook is a mapping {{type, url}}, got {data!r}")
-    data = dict(data)
-    return HookSpec(
-        kind=data.pop("type", data.pop("kind", "")),
-        **({"timeout_s": data.pop("timeout")} if "timeout" in data else {}),
-        **data,
-    )
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in get_args(annotation) for found in _models_in(arg)]
 
 
 def load_rollout(source: str | Path | Mapping[str, Any]) -> RolloutSpec:
@@ -363,12 +432,15 @@ def load_rollout(source: str | Path | Mapping[str, Any]) -> RolloutSpec:
         raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, Mapping):
         raise SpecError(f"{path} must hold a mapping (name, model, canary, steps, analysis)")
-    return RolloutSpec.from_dict(data)
+    try:
+        return RolloutSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {_describe(exc, RolloutSpec)}") from None
 
 
-def steps_from_text(text: str) -> tuple[Step, ...]:
+def steps_from_text(text: str) -> tuple[SetWeight | Pause, ...]:
     """Steps from a compact string for runbook parameters: `"20,pause:10s,50,pause:10s,pause"`."""
-    steps: list[Step] = []
+    steps: list[SetWeight | Pause] = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         if item == "pause":
             steps.append(Pause())

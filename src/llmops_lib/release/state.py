@@ -3,7 +3,7 @@
 Under `LLMOPS_HOME/rollouts/<name>/`:
 
 - `state.json` — where the rollout is (phase, step, weight, analysis counts), replaced atomically
-  (written aside, fsynced, renamed): a reader never sees half of it.
+  (`llmops_lib.atomic`: written aside, fsynced, renamed): a reader never sees half of it.
 - `audit.jsonl` — every event (weight moved, measurement, decision, hook answer, alias move), one
   JSON object per line, appended and fsynced before the controller acts on the next thing.
 - `lock` — held (flock) during each change, so the CLI's promote/abort and a running controller
@@ -26,13 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
 from llmops_lib.errors import LLMOpsError, SpecError
-
-PENDING, PROGRESSING, PAUSED = "Pending", "Progressing", "Paused"
-PROMOTING, ROLLING_BACK = "Promoting", "RollingBack"
-PROMOTED, ROLLED_BACK = "Promoted", "RolledBack"
-TERMINAL = (PROMOTED, ROLLED_BACK)
+from llmops_lib.release.phases import Phase
 
 
 @dataclass
@@ -41,7 +38,7 @@ class RolloutState:
 
     name: str
     spec: dict[str, Any]
-    phase: str
+    phase: Phase
     candidate_version: str
     stable_version: str
     started_at: float
@@ -59,9 +56,12 @@ class RolloutState:
     finished_at: float | None = None
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)  # read back from JSON as its name
+
     @property
     def done(self) -> bool:
-        return self.phase in TERMINAL
+        return self.phase.done
 
 
 def rollouts_dir() -> Path:
@@ -93,13 +93,9 @@ class RolloutStore:
             ) from exc
 
     def save(self, state: RolloutState) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        partial = self.state_path.with_name(f".state.{os.getpid()}.partial")
-        with partial.open("w") as out:
+        """Replace the state file; a save interrupted at any point leaves the previous one."""
+        with atomic_path(self.state_path) as partial, partial.open("w") as out:
             json.dump(asdict(state), out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, self.state_path)
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
         """Append one event (stamped with the time and the rollout's name) to the audit trail."""

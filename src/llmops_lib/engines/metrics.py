@@ -4,13 +4,20 @@ Each engine names the same quantity differently (generated tokens are `llamacpp:
 on one and `vllm:generation_tokens_total` on the other). Dashboards, the gateway's `/metrics`, the
 serving benchmark and the release controller read the common names below, so they work on either
 engine unchanged. Samples of a series are summed over their labels (vLLM labels by engine and model).
-Explained in: book/chapters/03_observability/monitoring.ipynb
+The text is parsed by `prometheus_client.parser`, as Prometheus reads it: a malformed exposition is
+refused whole, as a Prometheus scrape of it would fail.
+
+Explained in: book/chapters/03_observability/monitoring
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmops_lib.errors import EngineError
 
 #: Common name -> the series that carry it, by engine, first match wins. A `{k="v"}` suffix keeps
 #: only samples with those labels.
@@ -39,43 +46,64 @@ COMMON_NAMES: dict[str, tuple[str, ...]] = {
     "e2e_seconds_count": ("vllm:e2e_request_latency_seconds_count", "llmops_gateway_e2e_seconds_count"),
 }
 
-_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ENGINE_PREFIXES = (("vllm:", "vllm"), ("llamacpp:", "llamacpp"), ("llmops_gateway_", "gateway"))
+
+
+def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of the exposition `text`.
+
+    Raises:
+        EngineError: the text is not a Prometheus text exposition.
+    """
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                yield sample.name, dict(sample.labels), float(sample.value)
+    except ValueError as exc:
+        raise EngineError(
+            f"not a Prometheus text exposition ({exc}): read /metrics of an engine or gateway started with metrics on"
+        ) from None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Samples of a Prometheus exposition by name (labels kept in the name), comments skipped."""
-    samples = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if match is None:
-            continue  # a comment, a blank or a malformed line is not a sample
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        samples[match["name"] + (f"{{{match['labels']}}}" if match["labels"] is not None else "")] = value
-    return samples
+    """Samples of a Prometheus exposition by `name{label="value",...}` (labels as written), comments skipped.
+
+    Raises:
+        EngineError: the text is not a Prometheus text exposition.
+    """
+    return {
+        name + ("{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}" if labels else ""): value
+        for name, labels, value in _samples(text)
+    }
 
 
-def _split(sample: str) -> tuple[str, dict[str, str]]:
-    name, _, labels = sample.partition("{")
-    return name, dict(_LABEL.findall(labels))
+def _selector(series: str) -> tuple[str, dict[str, str]]:
+    """`name{k="v"}` of `COMMON_NAMES` as (name, labels), read by the same parser as the samples."""
+    ((name, labels, _),) = _samples(series + " 0\n")
+    return name, labels
+
+
+_SELECTORS = {common: tuple(map(_selector, series)) for common, series in COMMON_NAMES.items()}
 
 
 def common_samples(text: str) -> dict[str, float]:
     """The exposition `text` of any engine (or the gateway) under `COMMON_NAMES`, summed over labels.
 
     A common name the engine does not report is absent (llama-server has no prefix-cache counter).
+
+    Raises:
+        EngineError: the text is not a Prometheus text exposition.
     """
     by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for sample, value in parse_metrics(text).items():
-        name, labels = _split(sample)
+    for name, labels, value in _samples(text):
         by_name[name].append((labels, value))
     result = {}
-    for common, series in COMMON_NAMES.items():
-        for spec in series:
-            name, wanted = _split(spec)
+    for common, selectors in _SELECTORS.items():
+        for name, wanted in selectors:
             values = [value for labels, value in by_name.get(name, ()) if wanted.items() <= labels.items()]
             if values:
                 result[common] = sum(values)
@@ -84,8 +112,13 @@ def common_samples(text: str) -> dict[str, float]:
 
 
 def engine_of(text: str) -> str | None:
-    """Which engine wrote this exposition: "vllm", "llamacpp", "gateway", or None."""
-    for prefix, engine in (("vllm:", "vllm"), ("llamacpp:", "llamacpp"), ("llmops_gateway_", "gateway")):
-        if any(line.startswith(prefix) for line in text.splitlines()):
+    """Which engine wrote this exposition: "vllm", "llamacpp", "gateway", or None.
+
+    Raises:
+        EngineError: the text is not a Prometheus text exposition.
+    """
+    names = {name for name, _, _ in _samples(text)}
+    for prefix, engine in _ENGINE_PREFIXES:
+        if any(name.startswith(prefix) for name in names):
             return engine
     return None

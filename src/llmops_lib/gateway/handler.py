@@ -1,0 +1,322 @@
+"""The gateway's request handling: admit, cache, route, queue by priority, proxy (streaming too), log.
+
+`routes.py` hands each validated request to `Gateway.proxy`, which runs the steps in order; each
+step either passes or raises `ApiError`, which becomes the answer and a request-log row.
+Hot path: the engines are reached through `upstream.Upstreams` (one keep-alive session), no
+database write (the request log's writer thread does that), SSE bytes passed through as the engine
+sends them.
+Explained in: book/chapters/03_observability/monitoring.ipynb
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmops_lib.engines.sse import choice_text
+from llmops_lib.facts import tpot_s
+from llmops_lib.gateway.cache import ResponseCache
+from llmops_lib.gateway.config import Deployment, GatewayConfig
+from llmops_lib.gateway.protocol import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+)
+from llmops_lib.gateway.queue import PriorityGate, QueueFull
+from llmops_lib.gateway.routing import RouteTable
+from llmops_lib.gateway.upstream import UPSTREAM_FAILURES, StreamReading, Upstreams
+from llmops_lib.observe.gateway_metrics import GatewayMetrics
+from llmops_lib.observe.request_log import RequestLog, RequestRecord
+
+#: Seconds a client is told to wait when the queue is full.
+RETRY_AFTER_S = 1
+#: A conservative characters-per-token estimate: prompts longer than this many characters per token
+#: of context window are refused before they reach an engine.
+CHARS_PER_TOKEN = 4
+#: The proxied paths and the OpenTelemetry operation name each is logged under.
+OPERATIONS = {COMPLETIONS_PATH: "text_completion", CHAT_PATH: "chat"}
+
+
+class Gateway:
+    """The state behind one app: routes, cache, priority gate, upstream client, log, metrics."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.routes = RouteTable(config.routes)
+        self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
+        self.metrics = GatewayMetrics()
+        self.gate = PriorityGate(
+            config.concurrency, config.queue_size, lambda p, n: self.metrics.queue_depth.labels(p).set(n)
+        )
+        self.prices = config.price_table()
+        self.log: RequestLog | None = None
+        self.upstreams = Upstreams(self.metrics, config.timeout_s)
+
+    async def start(self) -> None:
+        self.log = RequestLog(self.config.request_log, capture_text=self.config.capture_text)
+        await self.upstreams.start()
+
+    async def stop(self) -> None:
+        await self.upstreams.stop()
+        if self.log is not None:
+            self.log.close()
+
+    # -- one proxied request, step by step ---------------------------------------------------------
+
+    async def proxy(
+        self, path: str, request: CompletionRequest | ChatCompletionRequest, priority: str | None, tag: str | None
+    ) -> Response:
+        """Answer one validated completions or chat request (`priority` and `tag` from the headers)."""
+        t0, record = time.perf_counter(), self.new_record(OPERATIONS[path])
+        headers = {"x-request-id": record.request_id}
+        try:
+            body, text = self._admit(request, priority, record)
+            cache_key = self.cache.key(path, body)
+            cached = self._lookup(cache_key, record)
+            if cached is not None:
+                return self._cached(record, cached, headers, t0)
+            candidates = self.routes.candidates(request.model, text, tag)
+            await self._acquire(record.priority)
+            relaying = False
+            try:
+                response, deployment = await self.upstreams.first_answer(candidates, path, body, record)
+                headers["x-llmops-deployment"] = deployment.name
+                if request.stream and response.status < 400:
+                    relaying = True  # the stream releases the slot when it ends
+                    return StreamingResponse(
+                        self._relay(response, record, t0), media_type="text/event-stream", headers=headers
+                    )
+                return await self._answer(response, deployment, record, cache_key, headers, t0)
+            finally:
+                if not relaying:
+                    self.gate.release()
+        except ApiError as exc:
+            return self.refuse(record, exc, t0, headers)
+
+    def new_record(self, operation: str) -> RequestRecord:
+        return RequestRecord(
+            request_id="req-" + uuid.uuid4().hex, started_at=time.time(), gen_ai_operation_name=operation
+        )
+
+    def refuse(self, record: RequestRecord, exc: ApiError, t0: float, headers: dict[str, str]) -> JSONResponse:
+        """Log and count a refused request, and answer with its error body."""
+        record.http_status, record.error_type, record.error = exc.status, exc.code or exc.type, exc.message
+        self.finish(record, t0)
+        if exc.status == 429:
+            headers = headers | {"retry-after": str(RETRY_AFTER_S)}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    def _admit(
+        self, request: CompletionRequest | ChatCompletionRequest, priority: str | None, record: RequestRecord
+    ) -> tuple[dict, str]:
+        """What the model alone cannot check: a known model, max_tokens within the limit, and a prompt
+        that fits the context window. Returns the body to send upstream and the prompt text."""
+        if request.model not in self.routes.routes:
+            raise ApiError(
+                404,
+                f"unknown model {request.model!r}: GET /v1/models lists {sorted(self.routes.routes)}",
+                param="model",
+                code="model_not_found",
+            )
+        limit = self.config.max_tokens_limit
+        if request.max_tokens is not None and request.max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens must be an integer between 1 and {limit}, got {request.max_tokens}",
+                param="max_tokens",
+            )
+        text = request.prompt_text()
+        estimate = len(text) // CHARS_PER_TOKEN
+        if estimate + (request.max_tokens or 0) > self.config.context_window:
+            raise ApiError(
+                400,
+                f"the prompt (about {estimate} tokens) plus max_tokens exceeds the context window of "
+                f"{self.config.context_window} tokens: shorten it",
+                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        record.gen_ai_request_model, record.stream = request.model, int(request.stream)
+        record.priority = request.priority or priority or "interactive"
+        # null means "the default" in OpenAI's API: send only what the client set to a value
+        body = request.model_dump(exclude_unset=True, exclude_none=True, exclude={"priority"})
+        # Without max_tokens an engine generates until its context is full: the limit caps it.
+        body.setdefault("max_tokens", limit)
+        record.gen_ai_request_max_tokens, record.gen_ai_request_temperature = body["max_tokens"], request.temperature
+        record.prompt = text
+        return body, text
+
+    def _lookup(self, cache_key: str | None, record: RequestRecord) -> tuple[str, dict] | None:
+        if cache_key is None:
+            return None
+        self.metrics.cache_lookups.labels(record.gen_ai_request_model).inc()
+        return self.cache.get(cache_key)
+
+    async def _acquire(self, priority: str) -> None:
+        try:
+            await self.gate.acquire(priority)
+        except QueueFull:
+            raise ApiError(
+                429,
+                "the gateway's queue is full: retry after the Retry-After seconds",
+                type="rate_limit_error",
+                code="queue_full",
+            ) from None
+
+    async def _answer(
+        self,
+        response: aiohttp.ClientResponse,
+        deployment: Deployment,
+        record: RequestRecord,
+        cache_key: str | None,
+        headers: dict[str, str],
+        t0: float,
+    ) -> Response:
+        """Read a non-streamed answer whole, cache and log it, and pass it on."""
+        try:
+            content = await response.read()
+        except UPSTREAM_FAILURES as exc:
+            raise ApiError(
+                502,
+                f"{deployment.name} failed while answering ({type(exc).__name__}): retry",
+                type="server_error",
+                code="upstream_failed",
+            ) from None
+        finally:
+            response.release()
+        record.http_status = response.status
+        usage = None
+        if response.status < 400:
+            data = json.loads(content)
+            usage = data.get("usage")
+            record.gen_ai_response_model = data.get("model")
+            record.ttft_s = time.perf_counter() - t0
+            if self.config.capture_text:
+                record.completion = _completion_text(data)
+            if cache_key is not None:
+                self.cache.put(cache_key, deployment.name, data)
+        else:
+            record.error_type, record.error = "upstream_4xx", content[:500].decode(errors="replace")
+        self.finish(record, t0, usage)
+        return Response(content, status_code=response.status, media_type="application/json", headers=headers)
+
+    def _cached(self, record: RequestRecord, cached: tuple[str, dict], headers: dict, t0: float) -> Response:
+        record.cached_from, data = cached
+        record.cache_hit, record.http_status, record.deployment = 1, 200, "cache"
+        if self.config.capture_text:
+            record.completion = _completion_text(data)
+        record.ttft_s = time.perf_counter() - t0
+        usage = data.get("usage") or {}
+        self.metrics.cache_hits.labels(record.gen_ai_request_model).inc()
+        self.metrics.cache_tokens_saved.labels(record.gen_ai_request_model).inc(usage.get("completion_tokens") or 0)
+        self.finish(record, t0, usage)
+        return JSONResponse(data, headers=headers | {"x-llmops-deployment": "cache", "x-llmops-cache": "hit"})
+
+    async def _relay(self, response: aiohttp.ClientResponse, record: RequestRecord, t0: float) -> AsyncIterator[bytes]:
+        """Pass the engine's SSE bytes through; if it dies mid-stream, send an error event and end."""
+        record.http_status = response.status
+        reading = StreamReading(self.config.capture_text)
+        try:
+            async for chunk in response.content.iter_any():
+                if record.ttft_s is None:
+                    record.ttft_s = time.perf_counter() - t0
+                reading.feed(chunk)
+                yield chunk
+            reading.close()
+        except UPSTREAM_FAILURES as exc:
+            self.metrics.upstream_errors.labels(record.deployment or "", "mid_stream").inc()
+            record.http_status, record.error_type = 502, "upstream_died_mid_stream"
+            record.error = f"{record.deployment}: {type(exc).__name__}: {exc}"
+            error = ApiError(
+                502,
+                f"the upstream deployment failed mid-stream ({type(exc).__name__}); the answer is incomplete: retry",
+                type="server_error",
+                code="upstream_mid_stream",
+            )
+            yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+        finally:
+            response.release()
+            self.gate.release()
+            record.completion = reading.text() if self.config.capture_text else None
+            self.finish(record, t0, reading.usage or {"completion_tokens": reading.text_events})
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def finish(self, record: RequestRecord, t0: float, usage: dict | None = None) -> None:
+        """Complete `record` (latency, tokens, cost), count it in the metrics, hand it to the log."""
+        record.finished_at = time.time()
+        record.latency_s = time.perf_counter() - t0
+        if usage:
+            record.gen_ai_usage_input_tokens = usage.get("prompt_tokens")
+            record.gen_ai_usage_output_tokens = usage.get("completion_tokens")
+        answered = (record.http_status or 500) < 400
+        if answered:
+            priced = record.deployment in self.prices and not record.cache_hit
+            record.cost_usd = (
+                self.prices.cost(
+                    record.deployment, record.gen_ai_usage_input_tokens or 0, record.gen_ai_usage_output_tokens or 0
+                )
+                if priced
+                else 0.0
+            )
+        self._count(record, answered)
+        if self.log is not None:
+            self.log.submit(record)
+
+    def _count(self, record: RequestRecord, answered: bool) -> None:
+        m, model, deployment = self.metrics, record.gen_ai_request_model or "", record.deployment or ""
+        m.requests.labels(model, deployment, str(record.http_status)).inc()
+        if not answered:
+            return
+        tokens_out = record.gen_ai_usage_output_tokens or 0
+        m.latency.labels(model, deployment).observe(record.latency_s)
+        m.tokens.labels(model, deployment, "in").inc(record.gen_ai_usage_input_tokens or 0)
+        m.tokens.labels(model, deployment, "out").inc(tokens_out)
+        if record.ttft_s is not None:
+            m.ttft.labels(model, deployment).observe(record.ttft_s)
+            if tokens_out > 1:
+                m.tpot.labels(model, deployment).observe(tpot_s(record.latency_s, record.ttft_s, tokens_out))
+
+    # -- the other endpoints -----------------------------------------------------------------------
+
+    async def scrape_engines(self) -> None:
+        """Copy each deployment's engine metrics into the gateway's registry under the common names."""
+        await self.upstreams.scrape_metrics(d for route in self.routes.routes.values() for d in route.deployments)
+
+    async def feedback(self, feedback: FeedbackRequest) -> None:
+        """Record a rating of an answered request.
+
+        Raises:
+            ApiError: 404 for a request id the log has never seen, 503 without a request log.
+        """
+        if self.log is None:
+            raise ApiError(
+                503, "the gateway has no request log to keep feedback in: start it first", type="server_error"
+            )
+        log = self.log
+
+        def logged() -> bool:
+            log.flush()  # a request answered a moment ago may still be in the writer's queue
+            return log.has_request(feedback.request_id)
+
+        if not await asyncio.to_thread(logged):
+            raise ApiError(
+                404,
+                f"no request {feedback.request_id!r} in the request log: send the x-request-id of an answered request",
+                param="request_id",
+                code="request_not_found",
+            )
+        self.log.add_feedback(feedback.request_id, feedback.score, feedback.comment)
+
+
+def _completion_text(data: dict) -> str | None:
+    choices = data.get("choices") or [{}]
+    return choice_text(choices[0]) if choices[0] else None

@@ -1,0 +1,221 @@
+"""The gateway's wire protocol as pydantic models: request and admin bodies, answers, errors.
+
+FastAPI validates every body against these models before the handler sees it, and the served
+OpenAPI document is generated from them, so the document and the checks cannot drift apart. A
+refusal is an `ApiError`, rendered as OpenAI's error body `{"error": {message, type, param, code}}`.
+The OpenAI requests keep fields the gateway does not know (`seed`, `ignore_eos`, …): the engine
+judges those. What depends on the configuration (known models, the max_tokens limit, the context
+window) is checked by the handler.
+Explained in: book/chapters/03_observability/common_challenges.ipynb
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops_lib.facts import PRIORITIES
+from llmops_lib.gateway.config import Deployment, Weight
+
+#: The proxied OpenAI paths.
+COMPLETIONS_PATH, CHAT_PATH = "/v1/completions", "/v1/chat/completions"
+#: A request's priority class (the body field, or the x-llmops-priority header).
+Priority = Literal[tuple(PRIORITIES)]
+
+
+@dataclass
+class ApiError(Exception):
+    """A refusal (or an upstream failure), rendered as an OpenAI error body with its HTTP status."""
+
+    status: int
+    message: str
+    param: str | None = None
+    type: str = "invalid_request_error"
+    code: str | None = None
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what was wrong and what to do")
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error")
+    param: str | None = Field(None, description="the field at fault, e.g. max_tokens or messages.0.content")
+    code: str | int | None = Field(
+        None, description="e.g. model_not_found, queue_full; an engine's own 4xx may carry its status number"
+    )
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+class _OpenAIRequest(BaseModel):
+    # strict: "true" is not a boolean and 1.5 not an integer; unknown fields go on to the engine
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str = Field(description="a model name of GET /v1/models")
+    max_tokens: int | None = Field(
+        None, ge=1, description="at most the gateway's max_tokens_limit, which is also the default"
+    )
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stop: str | list[str] | None = None
+    priority: Priority | None = Field(None, description="interactive (default) runs before batch")
+
+
+class CompletionRequest(_OpenAIRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="the prompt: a string, or a list of one string"
+    )
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    role: str = Field(description="system, user, assistant, …")
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else " ".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def prompt_text(self) -> str:
+        return "\n".join(message.text() for message in self.messages)
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int | None = None
+
+
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    """The engine's answer, passed through (a stream is `text/event-stream` of such chunks)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    """The engine's answer, passed through (a stream is `text/event-stream` of such chunks)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """A user's rating of an answered request (by its x-request-id)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    request_id: str = Field(description="the x-request-id header of an answered request")
+    score: float = Field(allow_inf_nan=False, description="e.g. 0..1, or -1/1 for thumbs down/up")
+    comment: str | None = None
+
+
+class FeedbackResponse(BaseModel):
+    ok: bool
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "llmops"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class WeightsUpdate(BaseModel):
+    """New weights of some deployments of a route; the route's weights must then sum to 100."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, Weight] = Field(min_length=1, description="deployment name -> weight")
+
+
+class NewDeployment(Deployment):
+    """A deployment to add to a route; it takes no traffic until its weight is raised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: Weight = 0
+
+
+class DeploymentView(BaseModel):
+    name: str
+    url: str
+    weight: Weight
+
+
+class RouteView(BaseModel):
+    model: str
+    deployments: list[DeploymentView]
+    fallback: str | None = None
+
+
+class RoutesResponse(BaseModel):
+    routes: list[RouteView]

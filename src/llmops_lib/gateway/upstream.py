@@ -1,0 +1,222 @@
+"""The gateway's side towards the engines: one keep-alive session, a send retried once on a stale
+connection, fail-over between the candidates of a route, what each engine says about its chat
+template, its metrics under the common names, and what a relayed stream reports.
+
+One shared aiohttp session: half the CPU of httpx per request (measured in
+benchmarks/gateway_overhead.py's notes).
+Explained in: book/chapters/03_observability/monitoring.ipynb
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiohttp
+
+from llmops_lib.engines.metrics import common_samples
+from llmops_lib.engines.sse import SSEDecoder, choice_text, decode
+from llmops_lib.errors import LLMOpsError
+from llmops_lib.gateway.config import Deployment
+from llmops_lib.gateway.protocol import CHAT_PATH, ApiError
+from llmops_lib.models import inspect_gguf
+from llmops_lib.observe.gateway_metrics import GatewayMetrics
+from llmops_lib.observe.request_log import RequestRecord
+
+UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
+#: What a kept-alive connection the engine closed meanwhile looks like (llama-server closes them
+#: after a stream and after 100 requests): nothing was answered, so the request is sent once more.
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+#: What llama-server falls back to when neither the model file nor its command line gives a chat
+#: template (ChatML's turn marker): a model not trained on it answers chat with junk.
+_FALLBACK_TEMPLATE_MARK = "<|im_start|>"
+
+
+class UpstreamFailed(Exception):
+    """An upstream refused, timed out or answered 5xx before anything was streamed to the client."""
+
+    def __init__(self, deployment: Deployment, kind: str, detail: str) -> None:
+        super().__init__(f"{deployment.name}: {detail}")
+        self.deployment, self.kind = deployment, kind
+
+
+class Upstreams:
+    """The engines behind the routes, as the gateway talks to them."""
+
+    def __init__(self, metrics: GatewayMetrics, timeout_s: float) -> None:
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        #: (deployment name, url) -> whether its engine has a chat template meant for its model
+        self._chat_templates: dict[tuple[str, str], bool] = {}
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=min(5.0, self.timeout_s))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=timeout, auto_decompress=False
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise ApiError(
+                503, "the gateway has not started: run it with run_gateway or GatewayServer", type="server_error"
+            )
+        return self._session
+
+    async def send(self, deployment: Deployment, path: str, body: dict) -> aiohttp.ClientResponse:
+        """Send `body` to `deployment` (headers read, body not yet); 5xx and transport failures raise
+        UpstreamFailed (safe to retry elsewhere: nothing has reached the client)."""
+        if deployment.upstream_model:
+            body = {**body, "model": deployment.upstream_model}
+        url, data = deployment.url.rstrip("/") + path, json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        try:
+            try:
+                response = await self.client.post(url, data=data, headers=headers)
+            except _STALE_CONNECTION:
+                response = await self.client.post(url, data=data, headers=headers)
+        except UPSTREAM_FAILURES as exc:
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+            self.metrics.upstream_errors.labels(deployment.name, kind).inc()
+            raise UpstreamFailed(deployment, kind, f"{type(exc).__name__}: {exc}") from None
+        if response.status >= 500:
+            response.release()
+            self.metrics.upstream_errors.labels(deployment.name, "5xx").inc()
+            raise UpstreamFailed(deployment, "5xx", f"HTTP {response.status}")
+        return response
+
+    async def first_answer(
+        self, candidates: list[Deployment], path: str, body: dict, record: RequestRecord
+    ) -> tuple[aiohttp.ClientResponse, Deployment]:
+        """The first candidate that answers (the chosen deployment, then the fallback); chat goes
+        only to deployments with a chat template."""
+        failures = []
+        for deployment in candidates:
+            if path == CHAT_PATH:
+                await self.require_chat_template(body["model"], deployment)
+            try:
+                response = await self.send(deployment, path, body)
+            except UpstreamFailed as exc:
+                failures.append(exc)
+                record.fallback_from = record.fallback_from or deployment.name
+                continue
+            record.deployment, record.upstream_url = deployment.name, deployment.url
+            return response, deployment
+        last = failures[-1]
+        record.deployment = last.deployment.name
+        raise ApiError(
+            504 if last.kind == "timeout" else 502,
+            "no upstream could answer: " + "; ".join(map(str, failures)),
+            type="server_error",
+            code="upstream_" + last.kind,
+        )
+
+    async def require_chat_template(self, model: str, deployment: Deployment) -> None:
+        """Refuse chat for a deployment whose model has no chat template: the engine would silently
+        format the conversation in a template the model never saw and answer 200 with junk. The
+        verdict is kept per deployment (name and URL)."""
+        key = (deployment.name, deployment.url)
+        if key not in self._chat_templates:
+            verdict = await self._has_chat_template(deployment)
+            if verdict is None:
+                return  # unreachable now: the send fails over, and the next chat request asks again
+            self._chat_templates[key] = verdict
+        if not self._chat_templates[key]:
+            raise ApiError(
+                400,
+                f"model {model!r} (deployment {deployment.name}) has no chat template: send a prompt to "
+                "/v1/completions, or route this model to a chat model",
+                param="messages",
+                code="no_chat_template",
+            )
+
+    async def _has_chat_template(self, deployment: Deployment) -> bool | None:
+        """Whether the engine at `deployment` chats with a template meant for its model.
+
+        llama-server's /props names the model file and the template in use: the file carries one,
+        or the command line gave one (anything but llama-server's ChatML fallback). An engine without
+        /props (vLLM refuses chat without a template itself) or a model file not on this machine
+        counts as yes: the engine decides. None when the engine cannot be reached.
+        """
+        try:
+            async with self.client.get(
+                deployment.url.rstrip("/") + "/props", timeout=aiohttp.ClientTimeout(total=5.0)
+            ) as response:
+                if response.status != 200:
+                    return True
+                props = await response.json(content_type=None)
+        except UPSTREAM_FAILURES:
+            return None
+        except ValueError:
+            return True
+        model_path, template = props.get("model_path"), props.get("chat_template") or ""
+        if not isinstance(model_path, str) or not Path(model_path).is_file():
+            return True
+        try:
+            in_file = (await asyncio.to_thread(inspect_gguf, model_path)).has_chat_template
+        except LLMOpsError:
+            return True
+        return in_file or _FALLBACK_TEMPLATE_MARK not in template
+
+    async def scrape_metrics(self, deployments: Iterable[Deployment]) -> None:
+        """Copy each deployment's engine metrics into the gateway's registry under the common names."""
+
+        async def scrape(deployment: Deployment) -> None:
+            try:
+                async with self.client.get(
+                    deployment.url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0)
+                ) as response:
+                    if response.status != 200:
+                        return
+                    text = await response.text()
+            except UPSTREAM_FAILURES:
+                return
+            for name, value in common_samples(text).items():
+                self.metrics.engine.labels(deployment.name, name).set(value)
+
+        await asyncio.gather(*(scrape(d) for d in {d.name: d for d in deployments}.values()))
+
+
+class StreamReading:
+    """What the gateway learns from a stream it relays: the usage report the engine sends in its
+    last chunk, the number of events that carried text, and (with capture) the text itself."""
+
+    def __init__(self, capture_text: bool) -> None:
+        self.capture_text = capture_text
+        self.decoder = SSEDecoder()
+        self.usage: dict | None = None
+        self.text_events = 0
+        self.pieces: list[str] = []
+
+    def feed(self, chunk: bytes) -> None:
+        for payload in self.decoder.feed(chunk):
+            self._read(payload)
+
+    def close(self) -> None:
+        for payload in self.decoder.close():
+            self._read(payload)
+
+    def _read(self, payload: str) -> None:
+        try:
+            event = decode(payload)
+        except ValueError:
+            return  # not ours to judge: the client gets the bytes as the engine sent them
+        if event is None:
+            return
+        self.usage = event.get("usage") or self.usage
+        for choice in event.get("choices") or []:
+            text = choice_text(choice)
+            if text:
+                self.text_events += 1
+                if self.capture_text:
+                    self.pieces.append(text)
+
+    def text(self) -> str | None:
+        return "".join(self.pieces) if self.pieces else None

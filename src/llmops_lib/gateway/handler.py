@@ -1,8 +1,10 @@
-"""The gateway's request handling: admit, cache, route, queue by priority, proxy (streaming too), log.
+"""The gateway's request handling: render a prompt reference, admit, cache, route, queue by priority,
+proxy (streaming too), log.
 
 `routes.py` hands each validated request to `Gateway.proxy`, which runs the steps in order; each
 step either passes or raises `ApiError`, which becomes the answer and a request-log row.
-Hot path: the engines are reached through `upstream.Upstreams` (one keep-alive session), no
+Hot path: the engines are reached through `upstream.Upstreams` (one keep-alive session), a prompt
+reference resolved from `prompts.PromptResolver`'s cache (MLflow only on a miss, in a thread), no
 database write (the request log's writer thread does that), SSE bytes passed through as the engine
 sends them.
 Explained in: book/chapters/03_observability/monitoring.ipynb
@@ -14,15 +16,17 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llmops_lib.engines.sse import choice_text
 from llmops_lib.facts import tpot_s
 from llmops_lib.gateway.cache import ResponseCache
 from llmops_lib.gateway.config import Deployment, GatewayConfig
+from llmops_lib.gateway.prompts import PromptResolver, Request
 from llmops_lib.gateway.protocol import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -46,6 +50,25 @@ CHARS_PER_TOKEN = 4
 OPERATIONS = {COMPLETIONS_PATH: "text_completion", CHAT_PATH: "chat"}
 
 
+class RelayedStream(StreamingResponse):
+    """An SSE stream relayed from an engine, whose `end` runs once it is over, however it ends.
+
+    Not the generator's own `finally`, which a generator that never started never runs: Starlette
+    drops the stream unstarted when `send` fails on its first message (how an ASGI 2.4 server says
+    the client has gone), and the priority slot would then be lost for good.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], end: Callable[[], None], headers: dict[str, str]) -> None:
+        super().__init__(chunks, media_type="text/event-stream", headers=headers)
+        self.end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.end()
+
+
 class Gateway:
     """The state behind one app: routes, cache, priority gate, upstream client, log, metrics."""
 
@@ -60,8 +83,10 @@ class Gateway:
         self.prices = config.price_table()
         self.log: RequestLog | None = None
         self.upstreams = Upstreams(self.metrics, config.timeout_s)
+        self.prompts = PromptResolver(config.prompt_splits, config.prompt_cache_ttl_s)
 
     async def start(self) -> None:
+        await self.prompts.start()  # first: a split naming a missing prompt stops the start before anything opens
         self.log = RequestLog(self.config.request_log, capture_text=self.config.capture_text)
         await self.upstreams.start()
 
@@ -73,12 +98,18 @@ class Gateway:
     # -- one proxied request, step by step ---------------------------------------------------------
 
     async def proxy(
-        self, path: str, request: CompletionRequest | ChatCompletionRequest, priority: str | None, tag: str | None
+        self,
+        path: str,
+        request: CompletionRequest | ChatCompletionRequest,
+        priority: str | None,
+        tag: str | None,
+        user: str | None = None,
     ) -> Response:
-        """Answer one validated completions or chat request (`priority` and `tag` from the headers)."""
+        """Answer one validated completions or chat request (`priority`, `tag` and `user` from the headers)."""
         t0, record = time.perf_counter(), self.new_record(OPERATIONS[path])
         headers = {"x-request-id": record.request_id}
         try:
+            request = await self._render(request, user, record)
             body, text = self._admit(request, priority, record)
             cache_key = self.cache.key(path, body)
             cached = self._lookup(cache_key, record)
@@ -91,9 +122,12 @@ class Gateway:
                 response, deployment = await self.upstreams.first_answer(candidates, path, body, record)
                 headers["x-llmops-deployment"] = deployment.name
                 if request.stream and response.status < 400:
-                    relaying = True  # the stream releases the slot when it ends
-                    return StreamingResponse(
-                        self._relay(response, record, t0), media_type="text/event-stream", headers=headers
+                    relaying = True  # the relayed stream releases the slot when it is over
+                    record.http_status, reading = response.status, StreamReading(self.config.capture_text)
+                    return RelayedStream(
+                        self._relay(response, record, reading, t0),
+                        lambda: self._end_relay(response, record, reading, t0),
+                        headers,
                     )
                 return await self._answer(response, deployment, record, cache_key, headers, t0)
             finally:
@@ -115,11 +149,28 @@ class Gateway:
             headers = headers | {"retry-after": str(RETRY_AFTER_S)}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
+    async def _render(self, request: Request, user: str | None, record: RequestRecord) -> Request:
+        """A request by prompt reference, with the registered prompt rendered in (see `prompts.py`); the
+        A/B arm is chosen by the body's `user`, else the x-llmops-user header, else the request id."""
+        reference = request.reference()
+        if reference is None:
+            return request
+        rendered, served = await self.prompts.serve(request, reference, request.user or user or record.request_id)
+        record.prompt_name, record.prompt_version = served.version.name, served.version.version
+        record.prompt_alias = served.alias
+        return rendered
+
     def _admit(
         self, request: CompletionRequest | ChatCompletionRequest, priority: str | None, record: RequestRecord
     ) -> tuple[dict, str]:
         """What the model alone cannot check: a known model, max_tokens within the limit, and a prompt
         that fits the context window. Returns the body to send upstream and the prompt text."""
+        if request.model is None:
+            raise ApiError(
+                400,
+                "model is required (a prompt reference may leave it out when its version's model_config names one)",
+                param="model",
+            )
         if request.model not in self.routes.routes:
             raise ApiError(
                 404,
@@ -141,7 +192,7 @@ class Gateway:
                 400,
                 f"the prompt (about {estimate} tokens) plus max_tokens exceeds the context window of "
                 f"{self.config.context_window} tokens: shorten it",
-                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+                param="messages" if isinstance(request, ChatCompletionRequest) and not record.prompt_name else "prompt",
                 code="context_length_exceeded",
             )
         record.gen_ai_request_model, record.stream = request.model, int(request.stream)
@@ -220,10 +271,10 @@ class Gateway:
         self.finish(record, t0, usage)
         return JSONResponse(data, headers=headers | {"x-llmops-deployment": "cache", "x-llmops-cache": "hit"})
 
-    async def _relay(self, response: aiohttp.ClientResponse, record: RequestRecord, t0: float) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, response: aiohttp.ClientResponse, record: RequestRecord, reading: StreamReading, t0: float
+    ) -> AsyncIterator[bytes]:
         """Pass the engine's SSE bytes through; if it dies mid-stream, send an error event and end."""
-        record.http_status = response.status
-        reading = StreamReading(self.config.capture_text)
         try:
             async for chunk in response.content.iter_any():
                 if record.ttft_s is None:
@@ -242,11 +293,16 @@ class Gateway:
                 code="upstream_mid_stream",
             )
             yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
-        finally:
-            response.release()
-            self.gate.release()
-            record.completion = reading.text() if self.config.capture_text else None
-            self.finish(record, t0, reading.usage or {"completion_tokens": reading.text_events})
+
+    def _end_relay(
+        self, response: aiohttp.ClientResponse, record: RequestRecord, reading: StreamReading, t0: float
+    ) -> None:
+        """A relayed stream is over (to its end, failed, or dropped by a client that left): give the
+        engine connection and the priority slot back, and log what was relayed."""
+        response.release()
+        self.gate.release()
+        record.completion = reading.text() if self.config.capture_text else None
+        self.finish(record, t0, reading.usage or {"completion_tokens": reading.text_events})
 
     # -- bookkeeping -------------------------------------------------------------------------------
 

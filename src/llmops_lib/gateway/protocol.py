@@ -12,9 +12,9 @@ Explained in: book/chapters/03_observability/common_challenges.ipynb
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from llmops_lib.facts import PRIORITIES
 from llmops_lib.gateway.config import Deployment, Weight
@@ -54,11 +54,35 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def _string_only(schema: dict) -> None:
+    """Document `model` as a string to leave out, not to send as null (a null is refused unless a
+    prompt reference's model_config names the model)."""
+    schema.pop("default", None)
+    schema.update(next(m for m in schema.pop("anyOf") if m.get("type") == "string"))
+
+
+class PromptReference(BaseModel):
+    """A prompt of the registry to serve instead of raw text (OpenAI's Responses API shape for
+    reusable prompts): the gateway renders the version the reference resolves to."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    id: str = Field(
+        description="name@alias, name/version, or a bare name: the gateway's A/B split of it, else name@production"
+    )
+    variables: dict[str, str] = Field({}, description="a value for each {{variable}} of the template")
+
+
 class _OpenAIRequest(BaseModel):
     # strict: "true" is not a boolean and 1.5 not an integer; unknown fields go on to the engine
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: str = Field(description="a model name of GET /v1/models")
+    model: str | None = Field(
+        None,
+        description="a model name of GET /v1/models; may be left out when `prompt` is a reference whose "
+        "version's model_config names the model",
+        json_schema_extra=_string_only,
+    )
     max_tokens: int | None = Field(
         None, ge=1, description="at most the gateway's max_tokens_limit, which is also the default"
     )
@@ -68,14 +92,46 @@ class _OpenAIRequest(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     priority: Priority | None = Field(None, description="interactive (default) runs before batch")
+    user: str | None = Field(
+        None, description="the end user; also the key that assigns a prompt's A/B arm (else x-llmops-user)"
+    )
+
+
+def _prompt_kind(value: Any) -> str | None:
+    """Which member of `CompletionRequest.prompt` a JSON value is meant as."""
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict | PromptReference):
+        return "reference"
+    return None
+
+
+#: The tag of the prompt-reference member: `app._param` reads through it (`prompt.reference.id` is `prompt.id`).
+REFERENCE_TAG = "reference"
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
-        description="the prompt: a string, or a list of one string"
-    )
+    prompt: Annotated[
+        Annotated[str, Tag("str")]
+        | Annotated[Annotated[list[str], Field(min_length=1, max_length=1)], Tag("list")]
+        | Annotated[PromptReference, Tag(REFERENCE_TAG)],
+        Discriminator(
+            _prompt_kind,
+            custom_error_type="prompt_type",
+            custom_error_message="Input should be a string, a list of one string, or a reference {id, variables}",
+        ),
+    ] = Field(description="the prompt: a string, a list of one string, or a reference to a registered prompt")
+
+    def reference(self) -> PromptReference | None:
+        """The registered prompt this request names, if it names one."""
+        return self.prompt if isinstance(self.prompt, PromptReference) else None
 
     def prompt_text(self) -> str:
+        """The text of a raw prompt (a reference is rendered into one by the handler first)."""
+        if isinstance(self.prompt, PromptReference):
+            raise TypeError("a prompt reference has no text until the gateway renders it")
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
@@ -97,10 +153,30 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_OpenAIRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    # exactly one of `messages` and `prompt` (checked by `reference`, documented here)
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}]})
+
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, description="the conversation (or leave it out and send `prompt`)"
+    )
+    prompt: PromptReference | None = Field(
+        None, description="a registered prompt to render into the conversation, instead of `messages`"
+    )
+
+    def reference(self) -> PromptReference | None:
+        """The registered prompt this request names, or None when it sends `messages`.
+
+        Raises:
+            ApiError: 400 when it sends both or neither.
+        """
+        if self.messages is None and self.prompt is None:
+            raise ApiError(400, "messages is required (or prompt: a registered prompt's reference)", param="messages")
+        if self.messages is not None and self.prompt is not None:
+            raise ApiError(400, "send messages or prompt, not both", param="prompt")
+        return self.prompt
 
     def prompt_text(self) -> str:
-        return "\n".join(message.text() for message in self.messages)
+        return "\n".join(message.text() for message in self.messages or [])
 
 
 class Usage(BaseModel):

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmops_lib.facts import PRIORITY_HEADER
@@ -40,11 +40,13 @@ from llmops_lib.gateway.protocol import (
 
 #: The header that selects a routing rule's deployment (`Rule.tag`).
 TAG_HEADER = "x-llmops-tag"
+#: The header that names the end user when the body has no `user`: it assigns a prompt's A/B arm.
+USER_HEADER = "x-llmops-user"
 
 _WHY = {
     400: "a field is wrong: `param` names it",
     401: "missing or wrong key in Authorization: Bearer <key>",
-    404: "no such model, deployment or request",
+    404: "no such model, deployment or request, or no such prompt, alias or version (`param` prompt.id)",
     409: "the change conflicts with the route (a duplicate, the fallback, the last deployment)",
     429: "the queue is full: retry after the Retry-After seconds",
     502: "no upstream could answer (or it failed while answering)",
@@ -57,30 +59,35 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
     return {status: {"model": ErrorResponse, "description": _WHY[status]} for status in statuses}
 
 
-_bearer = HTTPBearer(auto_error=False, description="required when the gateway is configured with keys")
-
-
-def gateway_of(request: Request) -> Gateway:
-    """The `Gateway` behind the app that received `request`."""
+async def gateway_of(request: Request) -> Gateway:
+    """The `Gateway` behind the app that received `request` (async: FastAPI runs a plain `def`
+    dependency in a worker thread, two thread hand-offs per request)."""
     return request.app.state.gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
 
 
-class RequireKey:
+class RequireKey(HTTPBearer):
     """Dependency: a key of the configuration's `api_keys` (or, for admin routes, `admin_keys`) in
-    `Authorization: Bearer <key>`. An empty list lets every request in."""
+    `Authorization: Bearer <key>`. An empty list lets every request in.
+
+    An `HTTPBearer` itself, so the OpenAPI document names the scheme, and one dependency without
+    sub-dependencies: FastAPI solves each of those on every request (the gateway's hot path).
+    """
 
     def __init__(self, admin: bool = False) -> None:
+        super().__init__(
+            auto_error=False, scheme_name="HTTPBearer", description="required when the gateway is configured with keys"
+        )
         self.admin = admin
 
-    async def __call__(
-        self, gateway: GatewayDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> None:
-        keys = gateway.config.admin_keys if self.admin else gateway.config.api_keys
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        config = request.app.state.gateway.config
+        keys = config.admin_keys if self.admin else config.api_keys
         if not keys:
             return
+        credentials = await super().__call__(request)
         token = (credentials.credentials if credentials else "").encode()
         if not any(hmac.compare_digest(token, key.encode()) for key in keys):
             what = "admin key" if self.admin else "API key"
@@ -99,6 +106,10 @@ PriorityHeader = Annotated[
 ]
 TagHeader = Annotated[
     str | None, Header(alias=TAG_HEADER, description="sends the request to its routing rule's deployment")
+]
+UserHeader = Annotated[
+    str | None,
+    Header(alias=USER_HEADER, description="the end user, when the body has no `user`: assigns a prompt's A/B arm"),
 ]
 #: One server-sent event of a stream (`stream: true`).
 _STREAM = {
@@ -122,10 +133,15 @@ router = APIRouter()
     responses={200: {"model": CompletionResponse, "content": _STREAM}} | _errors(400, 401, 404, 429, 502, 503, 504),
 )
 async def completions(
-    body: CompletionRequest, gateway: GatewayDep, priority: PriorityHeader = None, tag: TagHeader = None
+    body: CompletionRequest,
+    gateway: GatewayDep,
+    priority: PriorityHeader = None,
+    tag: TagHeader = None,
+    user: UserHeader = None,
 ) -> Response:
-    """OpenAI completions, proxied to a deployment of `model` (a stream with `stream: true`)."""
-    return await gateway.proxy(COMPLETIONS_PATH, body, priority, tag)
+    """OpenAI completions, proxied to a deployment of `model` (a stream with `stream: true`); `prompt`
+    may reference a registered prompt instead of giving the text."""
+    return await gateway.proxy(COMPLETIONS_PATH, body, priority, tag, user)
 
 
 @router.post(
@@ -134,10 +150,15 @@ async def completions(
     responses={200: {"model": ChatCompletionResponse, "content": _STREAM}} | _errors(400, 401, 404, 429, 502, 503, 504),
 )
 async def chat_completions(
-    body: ChatCompletionRequest, gateway: GatewayDep, priority: PriorityHeader = None, tag: TagHeader = None
+    body: ChatCompletionRequest,
+    gateway: GatewayDep,
+    priority: PriorityHeader = None,
+    tag: TagHeader = None,
+    user: UserHeader = None,
 ) -> Response:
-    """OpenAI chat completions, for models with a chat template (400 otherwise: use /v1/completions)."""
-    return await gateway.proxy(CHAT_PATH, body, priority, tag)
+    """OpenAI chat completions, for models with a chat template (400 otherwise: use /v1/completions);
+    `prompt` (a registered prompt's reference) may replace `messages`."""
+    return await gateway.proxy(CHAT_PATH, body, priority, tag, user)
 
 
 @router.get("/v1/models", dependencies=[_client_key], responses=_errors(401))

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Self
 
@@ -61,6 +61,9 @@ class RequestRecord:
     cache_hit: int = 0
     fallback_from: str | None = None
     cached_from: str | None = None  # for a cache hit: the deployment whose answer was cached
+    prompt_name: str | None = None  # for a request by prompt reference: the registered prompt served,
+    prompt_version: int | None = None  # its version,
+    prompt_alias: str | None = None  # and the alias (the A/B arm) it was reached through, if any
     prompt: str | None = None
     completion: str | None = None
 
@@ -222,6 +225,18 @@ def _where(conditions: Sequence[str]) -> str:
     return " WHERE " + " AND ".join(conditions) if conditions else ""
 
 
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    """Bring a log written by an older version up to `RequestRecord`: add the columns it lacks (NULL
+    in its old rows), so every log file keeps opening. One write transaction: two gateways opening
+    the same old file add each column once."""
+    db.execute("BEGIN IMMEDIATE")
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, column in zip(_COLUMNS, _COLUMN_TYPES, strict=True):
+        if name not in have:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+    db.execute("COMMIT")
+
+
 class RequestLog(RequestLogReader):
     """The request log at `url` (see `database_path`), written by a background thread; prompt and
     completion text are kept only with `capture_text`. It reads as a `RequestLogReader` does; a
@@ -234,6 +249,7 @@ class RequestLog(RequestLogReader):
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _add_new_columns(db)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="request-log-writer", daemon=True)
@@ -251,7 +267,8 @@ class RequestLog(RequestLogReader):
         """Queue `record` for writing; returns at once."""
         if not self.capture_text:
             record.prompt = record.completion = None
-        self._queue.put(("requests", tuple(asdict(record).values())))
+        # the fields are scalars: no deep copy (`asdict` was the costliest step of a logged request)
+        self._queue.put(("requests", tuple(getattr(record, name) for name in _COLUMNS)))
 
     def add_feedback(self, request_id: str, score: float, comment: str | None = None) -> None:
         """Queue a feedback row about `request_id`."""

@@ -20,32 +20,19 @@ Explained in: book/chapters/04_delivery/canary_release
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
-import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from llmops_lib.config import settings
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import LLMOpsError, ModelError, SpecError
+from llmops_lib.mlflow_store import AliasEvent, alias_event, events_in, mlflow_client, registry_uri, require_reason
 from llmops_lib.models import inspect_gguf, sha256_file
 
 TAG = "llmops."  # prefix of our tags on model versions
-EVENT = "llmops.alias_event."  # prefix of alias-event tags on the registered model
-
-
-def registry_uri() -> str:
-    """`LLMOPS_REGISTRY_URI`, else the embedded SQLite store `LLMOPS_HOME/mlflow.db`."""
-    if uri := os.environ.get("LLMOPS_REGISTRY_URI"):
-        return uri
-    settings().home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{settings().home / 'mlflow.db'}"
 
 
 def artifact_sha256(path: Path) -> str:
@@ -110,18 +97,6 @@ class ModelRecord:
         return self
 
 
-@dataclass(frozen=True)
-class AliasEvent:
-    """An alias moved (or was removed: `to_version` None)."""
-
-    alias: str
-    from_version: str | None
-    to_version: str | None
-    who: str
-    when: str
-    why: str
-
-
 def _spec_dict(spec: EngineSpec) -> dict[str, Any]:
     return {
         k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()
@@ -138,13 +113,7 @@ class Registry:
     @property
     def client(self):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
         if self._client is None:
-            import logging
-
-            from mlflow import MlflowClient
-
-            logging.getLogger("mlflow").setLevel(logging.WARNING)  # its alembic migrations log at INFO on first use
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = mlflow_client(self.uri)
         return self._client
 
     # --- writing ---------------------------------------------------------------------------
@@ -242,8 +211,7 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: str, *, why: str, who: str | None = None) -> AliasEvent | None:
         """Point `alias` at `version`, recording who/when/why; None (no event) if it already points there."""
-        if not why.strip():
-            raise SpecError("say why the alias moves (why=...): the reason is part of the audit trail")
+        require_reason(why)
         target = self.get(name, str(version))
         current = self.aliases(name).get(alias)
         if current == target.version:
@@ -262,15 +230,8 @@ class Registry:
     def _event(
         self, name: str, alias: str, before: str | None, after: str | None, why: str, who: str | None
     ) -> AliasEvent:
-        event = AliasEvent(
-            alias,
-            before,
-            after,
-            who or getpass.getuser(),
-            datetime.now(UTC).isoformat(timespec="milliseconds"),
-            why,
-        )
-        self.client.set_registered_model_tag(name, f"{EVENT}{time.time_ns()}", json.dumps(asdict(event)))
+        key, value, event = alias_event(alias, before, after, why, who)
+        self.client.set_registered_model_tag(name, key, value)
         return event
 
     # --- reading ---------------------------------------------------------------------------
@@ -324,10 +285,7 @@ class Registry:
             tags = self.client.get_registered_model(name).tags
         except MlflowException:
             raise SpecError(f"model {name!r} is not in the registry at {self.uri}: register a version first") from None
-        return [
-            AliasEvent(**json.loads(tags[key]))
-            for key in sorted((k for k in tags if k.startswith(EVENT)), key=lambda k: int(k[len(EVENT) :]))
-        ]
+        return events_in(tags)
 
     def _record(self, version: Any) -> ModelRecord:
         tags = version.tags or {}

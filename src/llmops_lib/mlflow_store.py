@@ -50,6 +50,22 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+class Store:
+    """Base of a registry on one MLflow store: its URI (default `registry_uri()`) and a client made on
+    first use, so constructing a registry costs nothing and MLflow's import waits until it is needed."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.uri = tracking_uri or registry_uri()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The `mlflow.MlflowClient` of this store (`mlflow_client`)."""
+        if self._client is None:
+            self._client = mlflow_client(self.uri)
+        return self._client
+
+
 @dataclass(frozen=True)
 class AliasEvent:
     """An alias moved (or was removed: `to_version` None)."""

@@ -34,7 +34,7 @@ from typing import Any
 from llmops_lib.atomic import write_text
 from llmops_lib.config import settings
 from llmops_lib.errors import LLMOpsError, PromptError, PromptNotFound
-from llmops_lib.mlflow_store import AliasEvent, alias_event, events_in, mlflow_client, registry_uri, require_reason
+from llmops_lib.mlflow_store import AliasEvent, Store, alias_event, events_in, require_reason
 from llmops_lib.prompts.template import (
     ALIAS_NAME,
     DEFAULT_ALIAS,
@@ -64,19 +64,12 @@ def generation_file(uri: str) -> Path:
     return settings().home / "prompts.generation"
 
 
-class PromptRegistry:
+class PromptRegistry(Store):
     """Prompt versions and aliases in MLflow's prompt registry (see the module docstring)."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
-        self.uri = tracking_uri or registry_uri()
+        super().__init__(tracking_uri)
         self.generation_file = generation_file(self.uri)
-        self._client = None
-
-    @property
-    def client(self):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
-        if self._client is None:
-            self._client = mlflow_client(self.uri)
-        return self._client
 
     @property
     def _mlflow_error(self) -> type[Exception]:

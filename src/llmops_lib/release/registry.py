@@ -29,7 +29,7 @@ from typing import Any
 
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import LLMOpsError, ModelError, SpecError
-from llmops_lib.mlflow_store import AliasEvent, alias_event, events_in, mlflow_client, registry_uri, require_reason
+from llmops_lib.mlflow_store import AliasEvent, Store, alias_event, events_in, require_reason
 from llmops_lib.models import inspect_gguf, sha256_file
 
 TAG = "llmops."  # prefix of our tags on model versions
@@ -103,18 +103,8 @@ def _spec_dict(spec: EngineSpec) -> dict[str, Any]:
     }
 
 
-class Registry:
+class Registry(Store):
     """Model versions and aliases in MLflow's registry (see the module docstring)."""
-
-    def __init__(self, tracking_uri: str | None = None) -> None:
-        self.uri = tracking_uri or registry_uri()
-        self._client = None
-
-    @property
-    def client(self):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
-        if self._client is None:
-            self._client = mlflow_client(self.uri)
-        return self._client
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The `llmops` command: inspect models, serve them, gateway, load-test, release (registry, rollouts), runbooks.
+"""The `llmops` command: models, serving, gateway, load tests, releases (registry, rollouts), prompts, runbooks.
 
 Every error the library raises on purpose is printed as one line (`error: …`, `errors.fail`) with
 a non-zero exit; see `llmops runbook run --help` for the runbook exit codes.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help=(
         "Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, "
-        "load-test them, release versions, run runbooks."
+        "load-test them, release versions, version prompts, run runbooks."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export LLMOPS_HOME ?= $(CURDIR)/.llmops
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup vllm environments book lint unit test browser bench clean
+.PHONY: help setup vllm evals environments book lint unit test browser bench clean
 
 # The built book is a file target: a stamp no older than any source that can change the book, so
 # `make test` right after `make book` reuses the book instead of executing every chapter again.
@@ -22,7 +22,7 @@ BOOK_SOURCES := $(call files_under,book src/llmops_lib) _config.yml _toc.yml pyp
 	$(wildcard references.bib) $(if $(shell grep -s labs _toc.yml),$(call files_under,labs))
 # Runbooks that tests already run whole through `llmops runbook run` (exit codes, archive): nbval
 # would execute them a second time for nothing.
-NBVAL_SKIP := $(foreach rb,cost_report prompt_ab_test prompt_rollback,--ignore=runbooks/$(rb).ipynb)
+NBVAL_SKIP := $(foreach rb,cost_report canary_release prompt_ab_test prompt_rollback eval_gate drift_report,--ignore=runbooks/$(rb).ipynb)
 # The tests that need no engine, no assembled model and no built book (markers: pyproject.toml).
 UNIT_MARKERS := not engine and not model and not book and not browser
 
@@ -38,9 +38,12 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh scripts/requirements-no-
 vllm:  ## create .venv-vllm with vLLM (CPU build here, `vllm` where nvidia-smi exists; VLLM_PACKAGE overrides)
 	PYTHON=$(PYTHON) bash scripts/setup_vllm.sh
 
-# The two environments are independent: set up side by side, their installs overlap (~2 min saved).
-environments:  ## setup and vllm at once (where make book and make test start)
-	@$(MAKE) --no-print-directory -j2 setup vllm
+evals:  ## create .venv-evals with the evaluation tools (lm-eval, Inspect AI, Evidently, W&B) run by `llmops eval`
+	PYTHON=$(PYTHON) bash scripts/setup_evals.sh
+
+# The three environments are independent: set up side by side, their installs overlap (minutes saved).
+environments:  ## setup, vllm and evals at once (where make book and make test start)
+	@$(MAKE) --no-print-directory -j3 setup vllm evals
 
 book: $(BOOK_STAMP)  ## main job: execute every chapter and build the HTML book (again only when a source changed)
 	@echo "open book/_build/html/index.html"
@@ -69,8 +72,15 @@ unit: lint  ## inner loop, under a minute: the gates, then the tests needing no 
 # nbval runs the labs and runbooks with their defaults (--nbval-lax: every cell runs without raising;
 # no output is compared), pytest the rest. cost_report reads a gateway's request log, which a fresh
 # machine does not have: tests/test_cost_report.py runs it on real traffic.
+# The vLLM tests spend most of their time waiting for vLLM to start on CPU: they run beside the rest
+# (their own pytest, its report printed after the main one's), and `make test` fails if either fails.
+VLLM_TESTS := tests/test_vllm.py
 test: environments lint $(BOOK_STAMP) browser  ## main job + the gates + all tests (what .ci/run runs)
-	$(BIN)/python -m pytest --nbval-lax --durations=30 --ignore=book/_build $(NBVAL_SKIP) tests labs runbooks
+	@log=$$(mktemp); $(BIN)/python -m pytest -p no:cacheprovider --durations=10 $(VLLM_TESTS) >$$log 2>&1 & side=$$!; \
+	$(BIN)/python -m pytest --nbval-lax --durations=30 --ignore=book/_build $(NBVAL_SKIP) --ignore=$(VLLM_TESTS) \
+		tests labs runbooks; main=$$?; \
+	wait $$side; vllm=$$?; echo "== $(VLLM_TESTS) (run beside the others)"; cat $$log; rm -f $$log; \
+	test $$main -eq 0 -a $$vllm -eq 0
 
 bench: setup  ## run every benchmark (tables on screen, JSON under benchmarks/results/); best on a quiet machine
 	@status=0; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || status=1; done; exit $$status

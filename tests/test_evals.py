@@ -25,7 +25,7 @@ from llmops_lib.evals.stats import (
     srm_p,
     two_proportions,
 )
-from llmops_lib.evals.tasks import SPLITS, TASKS, Case, Task, load_task, parse_cases
+from llmops_lib.evals.tasks import SPLITS, TASKS, Case, Reference, Task, load_task, parse_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "src" / "llmops_lib" / "evals" / "data"
@@ -127,7 +127,7 @@ def test_statistics_refuse_bad_input(call):
 
 
 def task_of(scorer: str, **args) -> Task:
-    return Task("t", "test", scorer, args, ())
+    return Task("t", "test", scorer, args, (), Reference("{{x}}", max_tokens=1))
 
 
 def case_of(expected) -> Case:
@@ -208,6 +208,8 @@ def test_the_generator_reproduces_the_committed_files_byte_for_byte(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_eval_sets.py"), "--out", str(tmp_path)], check=True)
     for name in TASKS:
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (DATA / f"{name}.jsonl").read_bytes(), name
+        yaml = f"lm_eval/llmops_{name}.yaml"
+        assert (tmp_path / yaml).read_bytes() == (DATA / yaml).read_bytes(), yaml
 
 
 def test_unknown_task_split_and_bad_lines_are_refused():

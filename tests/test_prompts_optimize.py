@@ -5,6 +5,8 @@ registered with its scores and the `candidate` alias."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from llmops_lib.errors import SpecError
@@ -72,7 +74,7 @@ def _small_capitals(test_offset: int) -> Task:
     """The shipped capitals set cut down to a tiny budget: 8 train, 6 dev, 6 test (from `test_offset`)."""
     task = load_task("capitals")
     cases = task.split("train")[:8] + task.split("dev")[:6] + task.split("test")[test_offset : test_offset + 6]
-    return Task(task.name, task.description, task.scorer, task.scorer_args, tuple(cases), task.labels)
+    return dataclasses.replace(task, cases=tuple(cases))
 
 
 def test_search_on_gemma_chooses_on_dev_only_and_registers_the_winner(server, tmp_path):

@@ -69,6 +69,13 @@ def runs_dir() -> Path:
     return Path(os.environ["LLMOPS_HOME"]) / "runs"
 
 
+@pytest.fixture
+def own_home(tmp_path, monkeypatch) -> Path:
+    """A home of this test's own: what it finds archived is what it ran, whatever runs beside it."""
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 def archived(result: subprocess.CompletedProcess) -> Path:
     line = result.stdout.strip().splitlines()[-1]
     folder = Path(line.rsplit(": ", 1)[1])
@@ -76,7 +83,7 @@ def archived(result: subprocess.CompletedProcess) -> Path:
     return folder
 
 
-def test_unknown_parameter_exits_2_and_runs_nothing():
+def test_unknown_parameter_exits_2_and_runs_nothing(own_home):
     before = set(runs_dir().glob("*")) if runs_dir().exists() else set()
     result = llmops("runbook", "run", "health_check", "-p", "not_a_param=1")
     assert result.returncode == ExitCode.BAD_PARAMETERS
@@ -131,7 +138,7 @@ def test_failed_gate_exits_3_and_keeps_the_output_notebook(model_path):
 
 
 @pytest.mark.engine
-def test_broken_run_exits_4(tmp_path):
+def test_broken_run_exits_4(tmp_path, own_home):
     result = llmops("runbook", "run", "health_check", "-p", f"model={tmp_path / 'absent.gguf'}", "--no-progress")
     assert result.returncode == ExitCode.INFRASTRUCTURE
     assert "ModelError" in result.stderr and "not found" in result.stderr
@@ -145,7 +152,7 @@ def test_a_parameter_given_twice_is_refused():
         parse_assignments(["requests=1", "requests=2"])
 
 
-def test_a_parameter_given_twice_exits_2_in_one_line_and_runs_nothing():
+def test_a_parameter_given_twice_exits_2_in_one_line_and_runs_nothing(own_home):
     before = set(runs_dir().glob("*")) if runs_dir().exists() else set()
     result = llmops("runbook", "run", "health_check", "-p", "requests=1", "-p", "requests=2")
     assert result.returncode == ExitCode.BAD_PARAMETERS
@@ -175,7 +182,7 @@ def test_range_bounds_are_inclusive():
     assert validate_parameters(find_runbook("health_check"), {"requests": "10000"}) == {"requests": 10000}
 
 
-def test_requests_0_exits_2_before_anything_runs():
+def test_requests_0_exits_2_before_anything_runs(own_home):
     before = set(runs_dir().glob("*")) if runs_dir().exists() else set()
     result = llmops("runbook", "run", "health_check", "-p", "requests=0")
     assert result.returncode == ExitCode.BAD_PARAMETERS, result.stderr

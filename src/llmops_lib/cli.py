@@ -38,6 +38,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Inspect model files (GGUF) and the catalogue of named models.", no_args_is_help=True)
 runbook_app = typer.Typer(help="Run operational notebooks (papermill) with validated parameters.", no_args_is_help=True)
+from llmops_lib.evals.cli import eval_app  # noqa: E402 - light: the harnesses are imported on use
+from llmops_lib.observe.review_cli import review_app  # noqa: E402
 from llmops_lib.prompts.cli import prompt_app  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
 
@@ -46,6 +48,8 @@ app.add_typer(runbook_app, name="runbook")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(registry_app, name="registry")
 app.add_typer(prompt_app, name="prompt")
+app.add_typer(review_app, name="review")
+app.add_typer(eval_app, name="eval")
 
 
 def resolve_model(model: str | None) -> Path:

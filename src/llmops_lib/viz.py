@@ -212,17 +212,28 @@ def bars(
     x_title: str = "",
     y_title: str = "",
     horizontal: bool = False,
+    errors: Mapping[str, tuple[Numbers, Numbers]] | None = None,
     height: int | None = None,
 ) -> go.Figure:
-    """Grouped bars: one bar per series in each category (horizontal: categories on the y axis)."""
+    """Grouped bars: one bar per series in each category (horizontal: categories on the y axis).
+
+    `errors` gives a series its interval as `(lows, highs)`, drawn as error bars around each value.
+    """
     fig = go.Figure()
     labels = [str(c) for c in categories]
     for name, values in series.items():
         values = list(values)
+        error: dict[str, Any] = {}
+        if errors and name in errors:
+            lows, highs = errors[name]
+            above = [high - value for value, high in zip(values, highs, strict=True)]
+            below = [value - low for value, low in zip(values, lows, strict=True)]
+            bar = {"type": "data", "symmetric": False, "array": above, "arrayminus": below}
+            error = {"error_x" if horizontal else "error_y": bar}
         if horizontal:
-            fig.add_bar(x=values, y=labels, name=name, orientation="h")
+            fig.add_bar(x=values, y=labels, name=name, orientation="h", **error)
         else:
-            fig.add_bar(x=labels, y=values, name=name)
+            fig.add_bar(x=labels, y=values, name=name, **error)
     return _layout(fig, title, x_title, y_title, height, barmode="group", showlegend=len(series) > 1)
 
 

@@ -11,6 +11,7 @@ Explained in: book/chapters/prompts/version_control.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -32,24 +33,79 @@ PERSON_SCHEMA = {
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The task's reference prompt for a base model: a few-shot text template and how to generate.
+
+    The one prompt every harness sends for the task (the built-in runner, lm-eval's task YAML, Inspect,
+    the eval gate, the quality table), so their scores are comparable. Its demonstrations are cases of
+    the `train` split, never of `dev` or `test`. Variables are `{{name}}` (Jinja's syntax, which
+    lm-eval's YAML uses too).
+    """
+
+    template: str
+    max_tokens: int
+    stop: tuple[str, ...] = ("\n",)
+
+
+@dataclass(frozen=True)
 class TaskInfo:
-    """What a task asks, the scorer that judges an output, and (for classification) its label options."""
+    """What a task asks, the scorer that judges an output, its reference prompt, and its label options."""
 
     description: str
     scorer: str
+    reference: Reference
     scorer_args: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
 
 
 TASK_INFO: dict[str, TaskInfo] = {
-    "capitals": TaskInfo("country → its capital city", "contains"),
-    "arithmetic": TaskInfo("one-step word problem → its integer answer", "numeric", {"tolerance": 0.0}),
-    "sentiment": TaskInfo("short product review → positive or negative", "exact", labels=("positive", "negative")),
+    "capitals": TaskInfo(
+        "country → its capital city",
+        "contains",
+        Reference(
+            "Q: What is the capital of Albania?\nA: Tirana\nQ: What is the capital of Argentina?\nA: Buenos Aires\n"
+            "Q: What is the capital of {{country}}?\nA:",
+            max_tokens=8,
+        ),
+    ),
+    "arithmetic": TaskInfo(
+        "one-step word problem → its integer answer",
+        "numeric",
+        Reference(
+            "Q: A box holds 3 shells. How many shells are in 9 boxes?\nA: 27\n"
+            "Q: Ines shares 24 pencils equally among 3 friends. How many pencils does each friend get?\nA: 8\n"
+            "Q: {{question}}\nA:",
+            max_tokens=8,
+        ),
+        {"tolerance": 0.0},
+    ),
+    "sentiment": TaskInfo(
+        "short product review → positive or negative",
+        "exact",
+        Reference(
+            "Review: I love this pizza; it is simply delightful.\nSentiment: positive\n"
+            "Review: I regret buying this headphones; it is terrible.\nSentiment: negative\n"
+            "Review: {{review}}\nSentiment:",
+            max_tokens=3,
+        ),
+        labels=("positive", "negative"),
+    ),
     "extraction": TaskInfo(
-        "sentence about a person → JSON with name, age, city", "json_schema", {"schema": PERSON_SCHEMA}
+        "sentence about a person → JSON with name, age, city",
+        "json_schema",
+        Reference(
+            "Text: Ines is 33 years old and lives in Seville.\n"
+            'JSON: {"name": "Ines", "age": 33, "city": "Seville"}\n'
+            "Text: Meet Anna, a 36-year-old from Denver.\n"
+            'JSON: {"name": "Anna", "age": 36, "city": "Denver"}\n'
+            "Text: {{text}}\nJSON:",
+            max_tokens=40,
+        ),
+        {"schema": PERSON_SCHEMA},
     ),
 }
 TASKS: tuple[str, ...] = tuple(TASK_INFO)
+_VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 class Case(BaseModel):
@@ -72,7 +128,12 @@ class Task:
     scorer: str
     scorer_args: dict[str, Any]
     cases: tuple[Case, ...]
+    reference: Reference
     labels: tuple[str, ...] = ()
+
+    def render(self, case: Case) -> str:
+        """The reference prompt filled with the case's inputs."""
+        return _VARIABLE.sub(lambda match: case.inputs[match[1]], self.reference.template)
 
     def split(self, name: str) -> list[Case]:
         """The cases of one split, in file order."""
@@ -106,4 +167,4 @@ def load_task(name: str) -> Task:
     info = TASK_INFO[name]
     data = resources.files("llmops_lib.evals") / "data" / f"{name}.jsonl"
     cases = parse_cases(data.read_text(encoding="utf-8"), f"evals/data/{name}.jsonl")
-    return Task(name, info.description, info.scorer, info.scorer_args, cases, info.labels)
+    return Task(name, info.description, info.scorer, info.scorer_args, cases, info.reference, info.labels)

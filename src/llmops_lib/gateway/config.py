@@ -1,5 +1,5 @@
-"""The gateway's configuration: routes of deployments by model name, keys, log, cache, queue, prices,
-A/B splits of prompts.
+"""The gateway's configuration: routes of deployments by model name (and each route's review
+threshold), keys, log, cache, queue, prices, A/B splits of prompts.
 
 Loaded from YAML (`load_config`, see deploy/gateway.example.yaml); every bad value is a SpecError
 naming the field.
@@ -55,6 +55,9 @@ class Route(BaseModel):
     deployments: list[Deployment]
     fallback: str | None = None
     rule: Rule | None = None
+    #: the review queue: an answer whose confidence (from its token log-probabilities) is under this
+    #: is logged with needs_review = 1
+    review_below: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _names_exist(self) -> Route:

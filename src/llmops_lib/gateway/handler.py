@@ -1,12 +1,16 @@
 """The gateway's request handling: render a prompt reference, admit, cache, route, queue by priority,
-proxy (streaming too), log.
+proxy (streaming too), answer under the client's model name (`answers.Reply`, with the review queue),
+log.
 
 `routes.py` hands each validated request to `Gateway.proxy`, which runs the steps in order; each
 step either passes or raises `ApiError`, which becomes the answer and a request-log row.
 Hot path: the engines are reached through `upstream.Upstreams` (one keep-alive session), a prompt
 reference resolved from `prompts.PromptResolver`'s cache (MLflow only on a miss, in a thread), no
-database write (the request log's writer thread does that), SSE bytes passed through as the engine
-sends them.
+database write (the request log's writer thread does that), SSE events passed on as each arrives
+(renamed: see `upstream.StreamReading`). A list of prompts on /v1/completions goes upstream as one
+request per prompt, sent together (the engine batches them across its slots) and answered as one
+(`answers.merged`: one choice per prompt, the usage summed, one log row; any failure fails it whole):
+llama-server's usage for a list counts only the first prompt's tokens (measured). It cannot stream.
 Explained in: book/chapters/03_observability/monitoring.ipynb
 """
 
@@ -24,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmops_lib.engines.sse import choice_text
 from llmops_lib.facts import tpot_s
+from llmops_lib.gateway.answers import Reply, merged
 from llmops_lib.gateway.cache import ResponseCache
 from llmops_lib.gateway.config import Deployment, GatewayConfig
 from llmops_lib.gateway.prompts import PromptResolver, Request
@@ -112,24 +117,29 @@ class Gateway:
             request = await self._render(request, user, record)
             body, text = self._admit(request, priority, record)
             cache_key = self.cache.key(path, body)
+            reply, body = Reply.of(path, body, self.routes.route(body["model"]).review_below)
             cached = self._lookup(cache_key, record)
             if cached is not None:
-                return self._cached(record, cached, headers, t0)
+                return self._cached(record, cached, reply, headers, t0)
             candidates = self.routes.candidates(request.model, text, tag)
             await self._acquire(record.priority)
             relaying = False
             try:
+                if isinstance(prompts := body.get("prompt"), list) and len(prompts) > 1:
+                    answers, deployment = await self._ask_each(candidates, path, body, record)
+                    return self._answer(answers, deployment, record, cache_key, reply, headers, t0)
                 response, deployment = await self.upstreams.first_answer(candidates, path, body, record)
-                headers["x-llmops-deployment"] = deployment.name
                 if request.stream and response.status < 400:
                     relaying = True  # the relayed stream releases the slot when it is over
-                    record.http_status, reading = response.status, StreamReading(self.config.capture_text)
+                    record.http_status = response.status
+                    reading = StreamReading(self.config.capture_text, reply)
                     return RelayedStream(
                         self._relay(response, record, reading, t0),
                         lambda: self._end_relay(response, record, reading, t0),
-                        headers,
+                        headers | {"x-llmops-deployment": deployment.name},
                     )
-                return await self._answer(response, deployment, record, cache_key, headers, t0)
+                answer = await _read(response, deployment)
+                return self._answer([answer], deployment, record, cache_key, reply, headers, t0)
             finally:
                 if not relaying:
                     self.gate.release()
@@ -163,8 +173,9 @@ class Gateway:
     def _admit(
         self, request: CompletionRequest | ChatCompletionRequest, priority: str | None, record: RequestRecord
     ) -> tuple[dict, str]:
-        """What the model alone cannot check: a known model, max_tokens within the limit, and a prompt
-        that fits the context window. Returns the body to send upstream and the prompt text."""
+        """What the model alone cannot check: a known model, max_tokens within the limit, prompts that
+        fit the context window, a list of prompts not streamed. Returns the body to send upstream and
+        the (longest) prompt text."""
         if request.model is None:
             raise ApiError(
                 400,
@@ -185,7 +196,15 @@ class Gateway:
                 f"max_tokens must be an integer between 1 and {limit}, got {request.max_tokens}",
                 param="max_tokens",
             )
-        text = request.prompt_text()
+        texts = request.prompt_texts()
+        if request.stream and len(texts) > 1:
+            raise ApiError(
+                400,
+                f"a stream answers one prompt, got a list of {len(texts)}: send the list without stream, "
+                "or one streamed request per prompt",
+                param="prompt",
+            )
+        text = max(texts, key=len)
         estimate = len(text) // CHARS_PER_TOKEN
         if estimate + (request.max_tokens or 0) > self.config.context_window:
             raise ApiError(
@@ -202,7 +221,7 @@ class Gateway:
         # Without max_tokens an engine generates until its context is full: the limit caps it.
         body.setdefault("max_tokens", limit)
         record.gen_ai_request_max_tokens, record.gen_ai_request_temperature = body["max_tokens"], request.temperature
-        record.prompt = text
+        record.prompt = texts[0] if len(texts) == 1 else json.dumps(texts, ensure_ascii=False)
         return body, text
 
     def _lookup(self, cache_key: str | None, record: RequestRecord) -> tuple[str, dict] | None:
@@ -222,66 +241,88 @@ class Gateway:
                 code="queue_full",
             ) from None
 
-    async def _answer(
+    async def _ask_each(
+        self, candidates: list[Deployment], path: str, body: dict, record: RequestRecord
+    ) -> tuple[list[tuple[int, bytes]], Deployment]:
+        """Send each prompt of a list as a request of its own, all at once; their answers in list order
+        and the deployment of the first. All are waited for, so none is still running (and writing to
+        `record`) when one failure fails the request."""
+
+        async def ask(prompt: str) -> tuple[tuple[int, bytes], Deployment]:
+            response, deployment = await self.upstreams.first_answer(
+                candidates, path, body | {"prompt": prompt}, record
+            )
+            return await _read(response, deployment), deployment
+
+        asked = await asyncio.gather(*(ask(prompt) for prompt in body["prompt"]), return_exceptions=True)
+        for outcome in asked:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [answer for answer, _ in asked], asked[0][1]
+
+    def _answer(
         self,
-        response: aiohttp.ClientResponse,
+        answers: list[tuple[int, bytes]],
         deployment: Deployment,
         record: RequestRecord,
         cache_key: str | None,
+        reply: Reply,
         headers: dict[str, str],
         t0: float,
     ) -> Response:
-        """Read a non-streamed answer whole, cache and log it, and pass it on."""
-        try:
-            content = await response.read()
-        except UPSTREAM_FAILURES as exc:
-            raise ApiError(
-                502,
-                f"{deployment.name} failed while answering ({type(exc).__name__}): retry",
-                type="server_error",
-                code="upstream_failed",
-            ) from None
-        finally:
-            response.release()
-        record.http_status = response.status
-        usage = None
-        if response.status < 400:
-            data = json.loads(content)
+        """Answer with the engine's (status, body) for the request, or for each prompt of a list: merged,
+        reviewed, cached, logged and passed on under the client's model name; an engine's refusal (the
+        first, for a list) passed on as it is."""
+        headers["x-llmops-deployment"] = deployment.name
+        status, content = next((answer for answer in answers if answer[0] >= 400), answers[0])
+        record.http_status = status
+        if status < 400:
+            data = merged([json.loads(content) for _, content in answers])
             usage = data.get("usage")
             record.gen_ai_response_model = data.get("model")
+            reply.named(data)
             record.ttft_s = time.perf_counter() - t0
             if self.config.capture_text:
                 record.completion = _completion_text(data)
+            reply.review(data, record)
             if cache_key is not None:
                 self.cache.put(cache_key, deployment.name, data)
-        else:
-            record.error_type, record.error = "upstream_4xx", content[:500].decode(errors="replace")
-        self.finish(record, t0, usage)
-        return Response(content, status_code=response.status, media_type="application/json", headers=headers)
+            self.finish(record, t0, usage)
+            return JSONResponse(reply.visible(data), status_code=status, headers=headers)
+        record.error_type, record.error = "upstream_4xx", content[:500].decode(errors="replace")
+        self.finish(record, t0)
+        return Response(content, status_code=status, media_type="application/json", headers=headers)
 
-    def _cached(self, record: RequestRecord, cached: tuple[str, dict], headers: dict, t0: float) -> Response:
+    def _cached(
+        self, record: RequestRecord, cached: tuple[str, dict], reply: Reply, headers: dict, t0: float
+    ) -> Response:
         record.cached_from, data = cached
         record.cache_hit, record.http_status, record.deployment = 1, 200, "cache"
         if self.config.capture_text:
             record.completion = _completion_text(data)
+        reply.review(data, record)
         record.ttft_s = time.perf_counter() - t0
         usage = data.get("usage") or {}
         self.metrics.cache_hits.labels(record.gen_ai_request_model).inc()
         self.metrics.cache_tokens_saved.labels(record.gen_ai_request_model).inc(usage.get("completion_tokens") or 0)
         self.finish(record, t0, usage)
-        return JSONResponse(data, headers=headers | {"x-llmops-deployment": "cache", "x-llmops-cache": "hit"})
+        return JSONResponse(
+            reply.visible(data), headers=headers | {"x-llmops-deployment": "cache", "x-llmops-cache": "hit"}
+        )
 
     async def _relay(
         self, response: aiohttp.ClientResponse, record: RequestRecord, reading: StreamReading, t0: float
     ) -> AsyncIterator[bytes]:
-        """Pass the engine's SSE bytes through; if it dies mid-stream, send an error event and end."""
+        """Pass the engine's SSE events on (renamed); if it dies mid-stream, send an error event and end."""
         try:
             async for chunk in response.content.iter_any():
                 if record.ttft_s is None:
                     record.ttft_s = time.perf_counter() - t0
-                reading.feed(chunk)
-                yield chunk
-            reading.close()
+                events = reading.feed(chunk)
+                if events:
+                    yield events
+            if events := reading.close():
+                yield events
         except UPSTREAM_FAILURES as exc:
             self.metrics.upstream_errors.labels(record.deployment or "", "mid_stream").inc()
             record.http_status, record.error_type = 502, "upstream_died_mid_stream"
@@ -302,6 +343,8 @@ class Gateway:
         response.release()
         self.gate.release()
         record.completion = reading.text() if self.config.capture_text else None
+        record.gen_ai_response_model = reading.upstream_model
+        reading.review(record)
         self.finish(record, t0, reading.usage or {"completion_tokens": reading.text_events})
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -373,6 +416,24 @@ class Gateway:
         self.log.add_feedback(feedback.request_id, feedback.score, feedback.comment)
 
 
+async def _read(response: aiohttp.ClientResponse, deployment: Deployment) -> tuple[int, bytes]:
+    """A non-streamed answer's status and whole body; a failure while reading it is a 502."""
+    try:
+        return response.status, await response.read()
+    except UPSTREAM_FAILURES as exc:
+        raise ApiError(
+            502,
+            f"{deployment.name} failed while answering ({type(exc).__name__}): retry",
+            type="server_error",
+            code="upstream_failed",
+        ) from None
+    finally:
+        response.release()
+
+
 def _completion_text(data: dict) -> str | None:
+    """The answer's text; for a list of prompts, the JSON list of the choices' texts."""
     choices = data.get("choices") or [{}]
+    if len(choices) > 1:
+        return json.dumps([choice_text(choice) for choice in choices], ensure_ascii=False)
     return choice_text(choices[0]) if choices[0] else None

@@ -4,8 +4,10 @@ FastAPI validates every body against these models before the handler sees it, an
 OpenAPI document is generated from them, so the document and the checks cannot drift apart. A
 refusal is an `ApiError`, rendered as OpenAI's error body `{"error": {message, type, param, code}}`.
 The OpenAI requests keep fields the gateway does not know (`seed`, `ignore_eos`, …): the engine
-judges those. What depends on the configuration (known models, the max_tokens limit, the context
-window) is checked by the handler.
+judges those. The fields evaluation harnesses and constrained decoding send (`logprobs`,
+`top_logprobs`, `echo`, `n_probs`, `response_format`, `json_schema`, `grammar`) are declared with their
+types, so a wrong one is a 400 naming it, and go to the engine unchanged. What depends on the
+configuration (known models, the max_tokens limit, the context window) is checked by the handler.
 Explained in: book/chapters/03_observability/common_challenges.ipynb
 """
 
@@ -73,6 +75,15 @@ class PromptReference(BaseModel):
     variables: dict[str, str] = Field({}, description="a value for each {{variable}} of the template")
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format` (llama-server also reads a `schema` here; vLLM `json_schema`)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class _OpenAIRequest(BaseModel):
     # strict: "true" is not a boolean and 1.5 not an integer; unknown fields go on to the engine
     model_config = ConfigDict(strict=True, extra="allow")
@@ -95,6 +106,10 @@ class _OpenAIRequest(BaseModel):
     user: str | None = Field(
         None, description="the end user; also the key that assigns a prompt's A/B arm (else x-llmops-user)"
     )
+    response_format: ResponseFormat | None = Field(None, description="json_object or json_schema: constrained output")
+    json_schema: dict[str, Any] | None = Field(None, description="llama-server: a JSON schema the output must match")
+    grammar: str | None = Field(None, description="llama-server: a GBNF grammar the output must match")
+    n_probs: int | None = Field(None, ge=0, description="llama-server: top token probabilities per generated token")
 
 
 def _prompt_kind(value: Any) -> str | None:
@@ -115,24 +130,29 @@ REFERENCE_TAG = "reference"
 class CompletionRequest(_OpenAIRequest):
     prompt: Annotated[
         Annotated[str, Tag("str")]
-        | Annotated[Annotated[list[str], Field(min_length=1, max_length=1)], Tag("list")]
+        | Annotated[Annotated[list[str], Field(min_length=1)], Tag("list")]
         | Annotated[PromptReference, Tag(REFERENCE_TAG)],
         Discriminator(
             _prompt_kind,
             custom_error_type="prompt_type",
-            custom_error_message="Input should be a string, a list of one string, or a reference {id, variables}",
+            custom_error_message="Input should be a string, a list of strings, or a reference {id, variables}",
         ),
-    ] = Field(description="the prompt: a string, a list of one string, or a reference to a registered prompt")
+    ] = Field(
+        description="the prompt: a string, a list of strings (one choice each, in order; not with `stream`), "
+        "or a reference to a registered prompt"
+    )
+    logprobs: int | None = Field(None, ge=0, description="log-probabilities of this many top tokens per token")
+    echo: bool | None = Field(None, description="also return the prompt (llama-server ignores it)")
 
     def reference(self) -> PromptReference | None:
         """The registered prompt this request names, if it names one."""
         return self.prompt if isinstance(self.prompt, PromptReference) else None
 
-    def prompt_text(self) -> str:
-        """The text of a raw prompt (a reference is rendered into one by the handler first)."""
+    def prompt_texts(self) -> list[str]:
+        """The texts of a raw prompt, one per choice (a reference is rendered into one by the handler first)."""
         if isinstance(self.prompt, PromptReference):
             raise TypeError("a prompt reference has no text until the gateway renders it")
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
 
 class TextPart(BaseModel):
@@ -162,6 +182,8 @@ class ChatCompletionRequest(_OpenAIRequest):
     prompt: PromptReference | None = Field(
         None, description="a registered prompt to render into the conversation, instead of `messages`"
     )
+    logprobs: bool | None = Field(None, description="return the log-probability of each generated token")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="and of this many most likely tokens at each")
 
     def reference(self) -> PromptReference | None:
         """The registered prompt this request names, or None when it sends `messages`.
@@ -175,8 +197,9 @@ class ChatCompletionRequest(_OpenAIRequest):
             raise ApiError(400, "send messages or prompt, not both", param="prompt")
         return self.prompt
 
-    def prompt_text(self) -> str:
-        return "\n".join(message.text() for message in self.messages or [])
+    def prompt_texts(self) -> list[str]:
+        """The conversation's text, as the one prompt of the request."""
+        return ["\n".join(message.text() for message in self.messages or [])]
 
 
 class Usage(BaseModel):

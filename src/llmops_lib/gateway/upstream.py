@@ -19,6 +19,7 @@ import aiohttp
 from llmops_lib.engines.metrics import common_samples
 from llmops_lib.engines.sse import SSEDecoder, choice_text, decode
 from llmops_lib.errors import LLMOpsError
+from llmops_lib.gateway.answers import Reply
 from llmops_lib.gateway.config import Deployment
 from llmops_lib.gateway.protocol import CHAT_PATH, ApiError
 from llmops_lib.models import inspect_gguf
@@ -185,31 +186,37 @@ class Upstreams:
 
 
 class StreamReading:
-    """What the gateway learns from a stream it relays: the usage report the engine sends in its
-    last chunk, the number of events that carried text, and (with capture) the text itself."""
+    """What the gateway learns from a stream it relays (the usage report the engine sends in its
+    last chunk, the number of events that carried text, the engine's model name, the log-probabilities
+    to review and, with capture, the text), and the events re-framed for the client as `reply` shapes
+    them (SSE comments and `event:`/`id:` fields, which OpenAI streams do not use, are dropped)."""
 
-    def __init__(self, capture_text: bool) -> None:
+    def __init__(self, capture_text: bool, reply: Reply) -> None:
         self.capture_text = capture_text
+        self.reply = reply
+        #: choice index -> the token log-probability entries its chunks carried
+        self.gathered: dict[int, list[dict]] = {}
         self.decoder = SSEDecoder()
         self.usage: dict | None = None
         self.text_events = 0
         self.pieces: list[str] = []
+        self.upstream_model: str | None = None
 
-    def feed(self, chunk: bytes) -> None:
-        for payload in self.decoder.feed(chunk):
-            self._read(payload)
+    def feed(self, chunk: bytes) -> bytes:
+        """Read `chunk`; the bytes of the events it completes, to pass on."""
+        return b"".join(self._read(payload) for payload in self.decoder.feed(chunk))
 
-    def close(self) -> None:
-        for payload in self.decoder.close():
-            self._read(payload)
+    def close(self) -> bytes:
+        """The bytes of an event the stream ended without a blank line after."""
+        return b"".join(self._read(payload) for payload in self.decoder.close())
 
-    def _read(self, payload: str) -> None:
+    def _read(self, payload: str) -> bytes:
         try:
             event = decode(payload)
         except ValueError:
-            return  # not ours to judge: the client gets the bytes as the engine sent them
+            return _frame(payload)  # not ours to judge: the client gets the data as the engine sent it
         if event is None:
-            return
+            return _frame(payload)
         self.usage = event.get("usage") or self.usage
         for choice in event.get("choices") or []:
             text = choice_text(choice)
@@ -217,6 +224,18 @@ class StreamReading:
                 self.text_events += 1
                 if self.capture_text:
                     self.pieces.append(text)
+        self.upstream_model = self.upstream_model or event.get("model")
+        event = self.reply.chunk(event, self.gathered)
+        return _frame(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+
+    def review(self, record: RequestRecord) -> None:
+        """Log the relayed answer's confidence, on a route with a review threshold."""
+        self.reply.review_stream(self.gathered, record)
 
     def text(self) -> str | None:
         return "".join(self.pieces) if self.pieces else None
+
+
+def _frame(payload: str) -> bytes:
+    """One server-sent event carrying `payload` as its data."""
+    return "".join(f"data: {line}\n" for line in payload.split("\n")).encode() + b"\n"

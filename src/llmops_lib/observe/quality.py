@@ -8,7 +8,8 @@ are any good. Two signals do, and both are cheap enough to run on live traffic:
 - **Automatic checks on a sample** of logged completions (needs the request log's text capture):
   `non_empty` and `no_repetition_loop` catch a broken deployment at once (a wrong chat template,
   a bad quantization, a sampler stuck in a loop); `PerplexityCheck` scores completions with the
-  model itself, so a deployment whose outputs turn into noise shows as rising perplexity.
+  model itself, so a deployment whose outputs turn into noise shows as rising perplexity;
+  `ValidJSON` checks validity where answers must be JSON (correctness: `online_eval`).
   `check_monitor` turns the results into a rolling pass rate.
 
 A monitor's status (`status`) is its latest rolling value against a threshold, and says so only
@@ -20,6 +21,7 @@ Explained in: book/chapters/03_observability/monitoring
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +117,25 @@ def repeated_ngram_share(text: str, n: int = 3) -> float:
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
+
+
+@dataclass(frozen=True)
+class ValidJSON:
+    """The completion is one JSON value, valid against `schema` when one is given: for a route whose
+    clients parse its answers, an invalid one is a failed request whatever its latency."""
+
+    schema: dict | None = None
+    name: str = "valid_json"
+
+    def __call__(self, prompt: str, completion: str) -> tuple[bool, float]:
+        import jsonschema
+
+        try:
+            value = json.loads(completion)
+        except ValueError:
+            return False, 0.0
+        valid = self.schema is None or jsonschema.Draft202012Validator(self.schema).is_valid(value)
+        return valid, float(valid)
 
 
 class PerplexityCheck:

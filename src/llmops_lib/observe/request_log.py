@@ -64,6 +64,8 @@ class RequestRecord:
     prompt_name: str | None = None  # for a request by prompt reference: the registered prompt served,
     prompt_version: int | None = None  # its version,
     prompt_alias: str | None = None  # and the alias (the A/B arm) it was reached through, if any
+    confidence: float | None = None  # on a route with review_below: the answer's confidence from its
+    needs_review: int | None = None  # token log-probabilities, and 1 when under the threshold (NULL: streamed)
     prompt: str | None = None
     completion: str | None = None
 

@@ -9,8 +9,9 @@ measurements than its `failure_limit`, Inconclusive once it has more inconclusiv
 `inconclusive_limit`, and Successful when every metric with a `count` has taken it.
 
 Sources: the gateway's request log (per-request rows), the gateway's Prometheus /metrics
-(counter increases between scrapes), and evaluation functions (e.g. the perplexity of the version's
-model file on held-out text). The queries and conditions themselves (their names, the safe
+(counter increases between scrapes), and evaluation functions (the perplexity of the version's
+model file on held-out text; `task_score:<task>`, the accuracy of the deployment's engine on a
+task, the eval gate of `evals.gate` as a metric). The queries and conditions themselves (their names, the safe
 evaluator) are `release.conditions`, shared with the spec that names them.
 
 Explained in: book/chapters/04_delivery/canary_release
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from llmops_lib.engines.metrics import COMMON_NAMES
 from llmops_lib.errors import LLMOpsError
+from llmops_lib.evals.gate import score_endpoint
 from llmops_lib.facts import fails_canary, percentile, tpot_s
 from llmops_lib.observe.request_log import RequestLogReader
 from llmops_lib.optimize.perplexity import held_out_perplexity
-from llmops_lib.release.conditions import FEEDBACK_QUERY, holds
+from llmops_lib.release.conditions import BUILTIN_EVALUATIONS, FEEDBACK_QUERY, TASK_SCORE, holds
 from llmops_lib.release.phases import AnalysisPhase
 
 if TYPE_CHECKING:
@@ -126,8 +128,24 @@ def _perplexity(target: Target) -> float:
     return held_out_perplexity(target.version.path, target.version.sha256)
 
 
-#: evaluation functions a metric may name (`provider: evaluation`); controllers can add their own.
-EVALUATIONS: dict[str, Callable[[Target], float]] = {"perplexity": _perplexity}
+def task_score(task: str) -> Callable[[Target], float]:
+    """The accuracy of the target's engine (`Target.url`) on the task's test split with its reference
+    prompt (`evals.gate.score_endpoint`; outputs cached by the model file the engine serves)."""
+
+    def evaluate(target: Target) -> float:
+        if target.url is None:
+            raise LLMOpsError(f"deployment {target.deployment!r} has no engine URL to score on {task!r}")
+        return score_endpoint(target.url, task).accuracy
+
+    return evaluate
+
+
+#: evaluation functions a metric may name (`provider: evaluation`, `release.conditions.BUILTIN_EVALUATIONS`);
+#: controllers can add their own.
+EVALUATIONS: dict[str, Callable[[Target], float]] = {
+    "perplexity": _perplexity,
+    **{name: task_score(name.removeprefix(TASK_SCORE)) for name in BUILTIN_EVALUATIONS if name.startswith(TASK_SCORE)},
+}
 
 
 # --- providers -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmops_lib.errors import SpecError
+from llmops_lib.evals.tasks import TASKS
 
 #: request-log queries (a function of the deployment's requests in the window) and what each means.
 REQUEST_LOG_QUERIES: dict[str, str] = {
@@ -35,8 +36,10 @@ REQUEST_LOG_QUERIES: dict[str, str] = {
 FEEDBACK_QUERY = "feedback_score"
 #: Prometheus queries over the gateway's own counters (increase between two scrapes).
 PROMETHEUS_QUERIES = ("error_rate", "request_count", "mean_latency_s")
+#: an evaluation named `task_score:<task>` scores the deployment's engine on that task's test split (the eval gate).
+TASK_SCORE = "task_score:"
 #: the evaluation functions that ship with the library (`provider: evaluation`); controllers may add their own.
-BUILTIN_EVALUATIONS = ("perplexity",)
+BUILTIN_EVALUATIONS = ("perplexity", *(TASK_SCORE + task for task in TASKS))
 
 _NAMES = ("result", "baseline")
 _COMPARE = {

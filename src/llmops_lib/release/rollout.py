@@ -186,7 +186,8 @@ class MetricSpec(_Spec):
     Attributes:
         name: unique within the rollout; names the measurement in the audit trail and the plots.
         provider: `request_log` (the gateway's per-request log), `prometheus` (the gateway's
-            /metrics) or `evaluation` (a function, e.g. held-out perplexity of the model file).
+            /metrics) or `evaluation` (a function: held-out perplexity of the model file, or
+            `task_score:<task>`, each side's accuracy on a task).
         query: what to compute: one of `release.conditions.REQUEST_LOG_QUERIES` (or
             `FEEDBACK_QUERY`), `PROMETHEUS_QUERIES`, or an evaluation's name (`BUILTIN_EVALUATIONS`
             and whatever the controller is given; the controller checks those).

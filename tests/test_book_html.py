@@ -161,7 +161,7 @@ def test_no_page_shows_a_raw_role_or_an_unresolved_reference(pages: dict[str, Be
     for name, page in pages.items():
         body = page.select_one("main") or page
         prose = BeautifulSoup(str(body), "html.parser")
-        for code in prose.select("pre, script, style, div.cell_input"):  # code may hold braces legitimately
+        for code in prose.select("pre, script, style, div.cell_input, .math"):  # code and math hold braces legitimately
             code.decompose()
         problems += [f"{name}: raw role {match!r} in the text" for match in RAW_ROLE.findall(prose.get_text(" "))]
         for xref in body.select(".xref"):

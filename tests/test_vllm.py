@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import jsonschema
 import psutil
 import pytest
 
@@ -32,6 +33,9 @@ from llmops_lib.engines.metrics import common_samples
 from llmops_lib.engines.spec import VLLM_KV_CACHE_DTYPES, VLLM_QUANTIZATIONS
 from llmops_lib.engines.vllm import speculative_config
 from llmops_lib.errors import EngineError, ModelError, SpecError
+from llmops_lib.evals.run import Endpoint
+from llmops_lib.evals.structured import compare, without_demos
+from llmops_lib.evals.tasks import PERSON_SCHEMA, load_task
 from llmops_lib.runbooks import ExitCode, run_runbook
 
 pytestmark = pytest.mark.engine
@@ -194,6 +198,17 @@ def test_metrics_read_under_common_names(vllm_server):
     assert after["requests_finished_total"] - before["requests_finished_total"] == 1
     assert after["ttft_seconds_count"] - before["ttft_seconds_count"] == 1
     assert {"requests_running", "requests_waiting", "kv_cache_usage_ratio", "prefix_cache_hits_total"} <= after.keys()
+
+
+def test_structured_outputs_keep_every_answer_schema_valid(vllm_server):
+    """vLLM's structured outputs (`structured_outputs: {"json": schema}`) on the instruction-only prompt."""
+    task = without_demos(load_task("extraction"))
+    with Endpoint(vllm_server.base_url) as endpoint:
+        free, constrained, _ = compare(endpoint, task, task.split("dev")[:3], engine="vllm", retries=0)
+    validator = jsonschema.Draft202012Validator(PERSON_SCHEMA)
+    for outcome in constrained.outcomes:
+        assert validator.is_valid(json.loads(outcome.attempts[-1].text)), outcome.attempts[-1].text
+    print(f"schema-valid on vLLM: free {free.validity.estimate:.2f}, constrained {constrained.validity.estimate:.2f}")
 
 
 def test_repeated_long_prefix_hits_the_prefix_cache(vllm_server):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help=(
         "Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, "
-        "load-test them, release versions, version prompts, run runbooks."
+        "load-test them, evaluate them, release versions, version prompts, review unsure answers, run runbooks."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -19,6 +19,7 @@ Explained in: book/chapters/05_quality/evaluation
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -258,6 +259,28 @@ def _fluent(tracking_uri: str | None, experiment: str) -> str:
     return found
 
 
+#: rows `genai.evaluate` runs at once. MLflow's default (10, plus 10 scorer threads) exhausts the SQLite
+#: store's connection pool on ~60 rows (measured: "QueuePool limit of size 5 overflow 10 reached", the
+#: traces of those rows dropped, so their scores missing from the result).
+GENAI_WORKERS = 2
+
+
+@contextmanager
+def _workers(count: int) -> Iterator[None]:
+    """MLflow's evaluation thread counts (read from the environment when it runs) set for one call."""
+    names = ("MLFLOW_GENAI_EVAL_MAX_WORKERS", "MLFLOW_GENAI_EVAL_MAX_SCORER_WORKERS")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(count) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def genai_evaluate(
     task: str | Task,
     cases: Sequence[Case],
@@ -295,10 +318,17 @@ def genai_evaluate(
         for c in cases
     ]
     start = time.perf_counter()
-    found = mlflow.genai.evaluate(data=data, predict_fn=answer, scorers=[task_score])
+    with _workers(GENAI_WORKERS):
+        found = mlflow.genai.evaluate(data=data, predict_fn=answer, scorers=[task_score])
     seconds = time.perf_counter() - start
     table = found.result_df
     by_case = dict(zip(table["case_id/value"], table[f"{loaded.name}/value"], strict=True))
+    missing = [case.id for case in cases if case.id not in by_case]
+    if missing:
+        raise LLMOpsError(
+            f"MLflow's evaluation kept {len(by_case)} of {len(cases)} rows (first missing: {missing[0]}): "
+            "its store refused trace writes; see MLflow's warnings above, then rerun"
+        )
     return GenaiResult(
         float(found.metrics[f"{loaded.name}/mean"]),
         tuple(float(by_case[c.id]) for c in cases),

@@ -77,10 +77,9 @@ from llmops_lib.models import default_model
 from llmops_lib.observe.drift import DEFAULT_COLUMNS, drift_report, drift_reports, false_alarm_rate
 from llmops_lib.observe.request_log import RequestLogReader
 from llmops_lib.optimize.quantize import model_as
-from llmops_lib.release import Controller, Hook, Registry, RolloutSpec
-from llmops_lib.release.local import LocalRelease, rehearsal_registry
+from llmops_lib.release import Registry, RolloutSpec
+from llmops_lib.release.local import rehearsal_registry, rehearse
 from llmops_lib.release.rollout import load_rollout
-from llmops_lib.release.traffic import BackgroundTraffic
 
 ROOT = Path(__file__).resolve().parents[1]
 THROUGHPUT_RATIO = 0.95  # (a) harness items/s through the gateway / direct, at least
@@ -346,7 +345,7 @@ def canary(candidate: Path, tmp: Path, canary_s: int) -> dict[str, Any]:
     """The eval-gated rollout of `candidate` with the shipped model as stable: each measurement and the verdict."""
     registry = Registry(f"sqlite:///{tmp / 'release.db'}")
     records = rehearsal_registry(registry, "gemma", [candidate], who="benchmark")
-    stable, version = registry.get("gemma", "stable"), records[candidate.name]
+    version = records[candidate.name]
     data = load_rollout(ROOT / "deploy/rollouts/eval_gated.yaml").to_dict()
     for metric in data["analysis"]["metrics"]:
         if metric["provider"] == "evaluation":
@@ -361,19 +360,10 @@ def canary(candidate: Path, tmp: Path, canary_s: int) -> dict[str, Any]:
             "steps": [{"setWeight": 50}, {"pause": {"duration": f"{canary_s}s"}}],
         }
     )
-    log = tmp / "release.sqlite"
-    with LocalRelease(stable, version, request_log=log) as env:
-        controller = Controller.create(
-            spec,
-            gateway_url=env.gateway_url,
-            request_log=str(log),
-            registry=registry,
-            admin_key=env.admin_key,
-            hooks=[Hook("post-rollout", env.stop_canary)],
-            who="benchmark",
-        )
-        with BackgroundTraffic(env.gateway_url, "gemma", concurrency=2, max_tokens=4):
-            state = controller.run(poll_s=0.2, timeout_s=canary_s + 180)
+    controller, _ = rehearse(
+        registry, spec, request_log=tmp / "release.sqlite", max_tokens=4, timeout_s=canary_s + 180, who="benchmark"
+    )
+    state = controller.state()
     by_metric: dict[str, list[dict]] = {}
     for e in controller.audit():
         if e["type"] == "Measurement":
@@ -407,7 +397,10 @@ def part_g(engine_url: str, threads: int, limit: int | None, vllm: bool) -> dict
                 make_engine("vllm", EngineSpec(model=default_model(), threads=threads))
             ).base_url
         routes = [
-            Route(model=f"gemma-{label.lower()}", deployments=[Deployment(name=label, url=url)])
+            # vLLM serves the name "default" only; llama-server answers under any name
+            Route(
+                model=f"gemma-{label.lower()}", deployments=[Deployment(name=label, url=url, upstream_model="default")]
+            )
             for label, url in urls.items()
         ]
         log = stack.enter_context(tempfile.TemporaryDirectory()) + "/requests.sqlite"

@@ -78,7 +78,7 @@ from llmops_lib.observe.drift import DEFAULT_COLUMNS, drift_report, drift_report
 from llmops_lib.observe.request_log import RequestLogReader
 from llmops_lib.optimize.quantize import model_as
 from llmops_lib.release import Registry, RolloutSpec
-from llmops_lib.release.local import rehearsal_registry, rehearse
+from llmops_lib.release.local import on_a_short_scale, rehearsal_registry, rehearse
 from llmops_lib.release.rollout import load_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,12 +346,7 @@ def canary(candidate: Path, tmp: Path, canary_s: int) -> dict[str, Any]:
     registry = Registry(f"sqlite:///{tmp / 'release.db'}")
     records = rehearsal_registry(registry, "gemma", [candidate], who="benchmark")
     version = records[candidate.name]
-    data = load_rollout(ROOT / "deploy/rollouts/eval_gated.yaml").to_dict()
-    for metric in data["analysis"]["metrics"]:
-        if metric["provider"] == "evaluation":
-            metric["interval"] = "21s"
-        else:
-            metric |= {"interval": "10s", "minSamples": 2, "onMissing": "skip"}
+    data = on_a_short_scale(load_rollout(ROOT / "deploy/rollouts/eval_gated.yaml").to_dict())
     spec = RolloutSpec.from_dict(
         data
         | {

@@ -20,7 +20,7 @@ from llmops_lib.evals.gate import compare_runs, score_endpoint
 from llmops_lib.evals.run import Endpoint, EvalRun, Row
 from llmops_lib.optimize.quantize import model_as
 from llmops_lib.release import Controller, Hook, Registry, RolloutSpec
-from llmops_lib.release.local import LocalRelease, rehearsal_registry
+from llmops_lib.release.local import LocalRelease, on_a_short_scale, rehearsal_registry
 from llmops_lib.release.rollout import load_rollout
 from llmops_lib.release.traffic import BackgroundTraffic
 
@@ -67,12 +67,7 @@ def test_q2k_canary_passes_latency_and_is_rolled_back_by_the_eval_metric(model_p
     registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
     records = rehearsal_registry(registry, "gemma", [q2k_model], who="test")
     stable, candidate = registry.get("gemma", "stable"), records[q2k_model.name]
-    shipped = load_rollout(ROOT / "deploy/rollouts/eval_gated.yaml").to_dict()
-    for metric in shipped["analysis"]["metrics"]:  # the shipped metrics and conditions, on a test's time scale
-        if metric["provider"] == "evaluation":
-            metric["interval"] = "21s"  # after the first latency measurements
-        else:  # a test's trickle of traffic: measure what there is, never pause for want of samples
-            metric |= {"interval": "10s", "minSamples": 2, "onMissing": "skip"}
+    shipped = on_a_short_scale(load_rollout(ROOT / "deploy/rollouts/eval_gated.yaml").to_dict())
     spec = RolloutSpec.from_dict(
         shipped
         | {

@@ -158,6 +158,18 @@ def rehearse(
     return controller, dict(traffic.outcomes)
 
 
+def on_a_short_scale(rollout: dict[str, Any], evaluation_interval: str = "21s") -> dict[str, Any]:
+    """A rollout's analysis (as `RolloutSpec.to_dict()` gives it) on a rehearsal's time scale: its own
+    metrics and conditions, measured every 10 s on what traffic there is (never pausing for want of
+    samples), and each evaluation once, after the first latency measurements."""
+    for metric in rollout["analysis"]["metrics"]:
+        if metric["provider"] == "evaluation":
+            metric["interval"] = evaluation_interval
+        else:
+            metric |= {"interval": "10s", "minSamples": 2, "onMissing": "skip"}
+    return rollout
+
+
 def rehearsal_registry(
     registry: Registry,
     model: str = "gemma",

@@ -10,19 +10,20 @@ BIN := $(VENV)/bin
 export LLMOPS_HOME ?= $(CURDIR)/.llmops
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup vllm evals environments book lint unit test browser bench clean
+.PHONY: help setup vllm evals garak environments book lint unit test browser bench clean
 
 # The built book is a file target: a stamp no older than any source that can change the book, so
 # `make test` right after `make book` reuses the book instead of executing every chapter again.
 BOOK_STAMP := book/_build/.built
-# Files under $(1), symlinks followed; caches and build output change without changing the book.
+# Files under $(1), symlinks followed; caches and build output (book/_reports: what chapters write for the
+# site) change without changing the book.
 files_under = $(shell find -L $(1) \( -name _build -o -name __pycache__ -o -name .ipynb_checkpoints \
-	-o -name node_modules -o -name .llmops \) -prune -o -type f -print)
+	-o -name node_modules -o -name .llmops -o -name _reports \) -prune -o -type f -print)
 BOOK_SOURCES := $(call files_under,book src/llmops_lib) _config.yml _toc.yml pyproject.toml \
 	$(wildcard references.bib) $(if $(shell grep -s labs _toc.yml),$(call files_under,labs))
 # Runbooks that tests already run whole through `llmops runbook run` (exit codes, archive): nbval
 # would execute them a second time for nothing.
-NBVAL_SKIP := $(foreach rb,cost_report canary_release prompt_ab_test prompt_rollback eval_gate drift_report,--ignore=runbooks/$(rb).ipynb)
+NBVAL_SKIP := $(foreach rb,cost_report canary_release prompt_ab_test prompt_rollback eval_gate drift_report red_team,--ignore=runbooks/$(rb).ipynb)
 # The tests that need no engine, no assembled model and no built book (markers: pyproject.toml).
 UNIT_MARKERS := not engine and not model and not book and not browser
 
@@ -40,6 +41,9 @@ vllm:  ## create .venv-vllm with vLLM (CPU build here, `vllm` where nvidia-smi e
 
 evals:  ## create .venv-evals with the evaluation tools (lm-eval, Inspect AI, Evidently, W&B) run by `llmops eval`
 	PYTHON=$(PYTHON) bash scripts/setup_evals.sh
+
+garak:  ## create .venv-garak: garak 0.17.1 slim (no torch), for `llmops runbook run red_team -p garak=true`
+	PYTHON=$(PYTHON) bash scripts/setup_garak.sh
 
 # The three environments are independent: set up side by side, their installs overlap (minutes saved).
 environments:  ## setup, vllm and evals at once (where make book and make test start)

@@ -73,6 +73,7 @@ from llmops_lib.evals.structured import compare, without_demos
 from llmops_lib.evals.tasks import load_task
 from llmops_lib.evals.tracking import genai_evaluate
 from llmops_lib.gateway import Deployment, GatewayAdmin, GatewayConfig, GatewayServer, Route
+from llmops_lib.gateway.access import key_entry
 from llmops_lib.models import default_model
 from llmops_lib.observe.drift import DEFAULT_COLUMNS, drift_report, drift_reports, false_alarm_rate
 from llmops_lib.observe.request_log import RequestLogReader
@@ -236,9 +237,8 @@ def part_c(stable_url: str, threads: int, per_window: int, splits: int, report_r
                 Deployment(name="canary", url=canary.base_url, weight=0),
             ],
         )
-        config = GatewayConfig(
-            routes=[route], request_log=str(log), capture_text=True, cache_size=0, admin_keys=["bench"]
-        )
+        admin = key_entry("bench", "bench", admin=True, routes=[])
+        config = GatewayConfig(routes=[route], request_log=str(log), capture_text=True, cache_size=0, keys=[admin])
         with GatewayServer(config) as gateway:
             windows["usual"] = send(gateway.base_url, usual)
             windows["longer_other_topic"] = send(gateway.base_url, longer)

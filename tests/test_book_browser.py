@@ -3,8 +3,8 @@
 test_book_html.py checks what the pages reference; this opens every page of the book (the root
 page, every chapter and part index in every sub-folder, the labs, glossary and bibliography) in
 headless Debian chromium, served over HTTP from 127.0.0.1 the way a reader's browser gets them, and
-checks what the scripts actually did (plotly drew every figure, MathJax typeset every formula) and
-what each page requested.
+checks what the scripts actually did (plotly drew every figure, MathJax typeset every formula, a
+framed report drew itself) and what each page requested.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import threading
@@ -33,6 +34,8 @@ FIGURE_DIV = "div.plotly-graph-div"
 # one whose data failed to draw, has the axes but none of these.
 DRAWN_TRACE = "g.trace, g.hm, g.table"
 MATH = ".math"
+# A frame showing a file of the site (the drift report of quality_assurance, drawn by its own scripts).
+FRAME = "iframe[src]"
 # Sphinx's own pages (not written by us) and index.html, which only redirects to the root page.
 GENERATED_PAGES = {"index.html", "genindex.html", "search.html", "py-modindex.html"}
 CHROMIUM_FLAGS = [
@@ -104,6 +107,7 @@ def book_pages() -> list[str]:
     return pages
 
 
+@functools.cache  # every test reads the same built pages; none changes them
 def static_html(page: str) -> BeautifulSoup:
     """The page as built, before any script ran."""
     return BeautifulSoup((HTML / page).read_text(encoding="utf-8"), "html.parser")
@@ -132,7 +136,11 @@ def page_requests(netlog: Path, site: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def visit(chromium: str, site: str, tmp_path_factory: pytest.TempPathFactory) -> Opener:
-    """Open a page in chromium (once per page) and return what it drew and requested."""
+    """Open a page in chromium (once per page) and return what it drew and requested.
+
+    The visits share one browser profile, as a reader's tabs do: plotly.js (4+ MB) and MathJax are
+    compiled once and then come from chromium's caches, which still log every request the page makes.
+    """
     out = tmp_path_factory.mktemp("browser")
     visits: dict[str, Visit] = {}
 
@@ -144,7 +152,7 @@ def visit(chromium: str, site: str, tmp_path_factory: pytest.TempPathFactory) ->
                 [
                     chromium,
                     *CHROMIUM_FLAGS,
-                    f"--user-data-dir={out / name}",
+                    f"--user-data-dir={out / 'profile'}",
                     f"--log-net-log={netlog}",
                     f"--screenshot={screenshot}",
                     "--dump-dom",
@@ -186,6 +194,28 @@ def test_mathjax_typesets_every_formula_of_every_page(visit: Opener, record_prop
             problems.append(f"{page}: MathJax did not typeset every formula (screenshot: {seen.screenshot})")
         if seen.dom.select("mjx-merror"):
             problems.append(f"{page}: MathJax reported a TeX error (screenshot: {seen.screenshot})")
+    assert not problems, "\n".join(problems)
+
+
+def visible_text(page: BeautifulSoup) -> str:
+    """What a reader can read on the page: its text outside scripts and styles."""
+    page = BeautifulSoup(str(page), "html.parser")
+    for code in page.select("script, style, noscript, template"):
+        code.decompose()
+    return " ".join(page.get_text(" ").split())
+
+
+def test_every_frame_loads_its_report_from_the_site_and_the_report_draws(visit: Opener, site: str) -> None:
+    """A framed report (Evidently's) ships as a file of the site whose built HTML has no text at all: its
+    scripts draw everything. The page must request it from the site, and opened on its own it must draw."""
+    problems = []
+    for page in pages_with(FRAME):
+        for frame in static_html(page).select(FRAME):
+            report = posixpath.normpath(posixpath.join(posixpath.dirname(page), frame["src"]))
+            if f"{site}/{report}" not in visit(page).requests:
+                problems.append(f"{page}: the frame's {report} was never requested from the site")
+            elif not (HTML / report).is_file() or not visible_text(visit(report).dom):
+                problems.append(f"{page}: the frame's {report} drew nothing (screenshot: {visit(report).screenshot})")
     assert not problems, "\n".join(problems)
 
 

@@ -20,6 +20,7 @@ from llmops_lib.errors import ExitCode, SpecError
 from llmops_lib.evals.run import Endpoint
 from llmops_lib.evals.tasks import load_task
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+from llmops_lib.guards.pii import STRUCTURED
 from llmops_lib.observe.drift import drift_report, drift_reports, parse_moment
 from llmops_lib.observe.request_log import RequestLogReader
 
@@ -45,6 +46,7 @@ def traffic(server, tmp_path_factory):
         routes=[Route(model="gemma", deployments=[Deployment(name="stable", url=server.base_url)])],
         request_log=str(log),
         capture_text=True,
+        redact_entities=list(STRUCTURED),  # synthetic traffic: names and places stay scorable
         cache_size=0,
     )
     capitals, extraction = load_task("capitals"), load_task("extraction")

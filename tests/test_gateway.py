@@ -10,6 +10,7 @@ import pytest
 
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayAdmin, GatewayConfig, GatewayServer, Route
+from llmops_lib.gateway.access import key_entry
 from llmops_lib.observe.request_log import RequestLogReader
 
 DEAD_URL = "http://127.0.0.1:9"
@@ -27,7 +28,7 @@ def gateway(server, tmp_path_factory):
     ]
     config = GatewayConfig(
         routes=routes,
-        admin_keys=["adm"],
+        keys=[key_entry("adm", "adm", admin=True, routes=[])],
         request_log=str(log),
         prices={"a": {"per_1k_input_usd": 0.1, "per_1k_output_usd": 0.2}},
     )

@@ -13,6 +13,7 @@ from openai import BadRequestError, OpenAI
 from pydantic import ValidationError
 
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+from llmops_lib.guards.pii import STRUCTURED
 from llmops_lib.observe.request_log import RequestLogReader
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Roses are red, violets are"]
@@ -39,6 +40,7 @@ def gateway(server, chat_server, tmp_path_factory):
         ],
         request_log=str(log),
         capture_text=True,
+        redact_entities=list(STRUCTURED),  # synthetic traffic: the countries asked about stay in the text
     )
     with GatewayServer(config) as gw:
         yield OpenAI(base_url=gw.base_url + "/v1", api_key="none", max_retries=0, timeout=120), log

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from llmops_lib.errors import SpecError
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route, create_app
 from llmops_lib.gateway.prompts import arm
+from llmops_lib.guards.pii import STRUCTURED
 from llmops_lib.observe.request_log import RequestLog, RequestLogReader, RequestRecord
 from llmops_lib.prompts.registry import PromptRegistry
 
@@ -72,6 +73,7 @@ def gateway(registry, server, chat_server, tmp_path_factory):
         ],
         request_log=str(log),
         capture_text=True,
+        redact_entities=list(STRUCTURED),  # synthetic traffic: the countries asked about stay in the text
         cache_size=0,
         prompt_splits={"capital": SPLIT},
     )

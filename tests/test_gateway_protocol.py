@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmops_lib.gateway import Deployment, GatewayConfig, Route, create_app
+from llmops_lib.gateway.access import key_entry
 
 DEAD_URL = "http://127.0.0.1:9"  # nothing listens: a request that got this far would fail with 502
 
@@ -18,7 +19,9 @@ def _config(tmp_path, **options) -> GatewayConfig:
 
 @pytest.fixture
 def client(tmp_path):
-    config = _config(tmp_path, admin_keys=["adm"], max_tokens_limit=8, context_window=64)
+    config = _config(
+        tmp_path, keys=[key_entry("adm", "adm", admin=True, routes=[])], max_tokens_limit=8, context_window=64
+    )
     with TestClient(create_app(config)) as client:
         yield client
 
@@ -107,7 +110,7 @@ def test_admin_bodies_use_the_one_weight_type_and_the_key_comes_first(client):
 
 
 def test_api_keys_one_dependency_for_every_client_route(tmp_path):
-    with TestClient(create_app(_config(tmp_path, api_keys=["k1"]))) as client:
+    with TestClient(create_app(_config(tmp_path, keys=[key_entry("k1", "k1")]))) as client:
         for method, path in (("post", "/v1/completions"), ("post", "/v1/chat/completions"), ("get", "/v1/models")):
             response = client.request(method, path, json={"model": "gemma"})
             assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", path

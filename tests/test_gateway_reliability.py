@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from llmops_lib.engines import EngineSpec, LlamaServer
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+from llmops_lib.gateway.access import key_entry
 from llmops_lib.gateway.app import create_app
 from llmops_lib.observe.request_log import RequestLogReader
 
@@ -247,7 +248,9 @@ def test_a_stream_dropped_before_it_starts_gives_its_slot_back(server, tmp_path)
 
 def test_api_keys_are_required_and_never_logged(server, tmp_path):
     secret = "sk-llmops-test-7f3a9c"
-    with _gateway(tmp_path, [Deployment(name="a", url=server.base_url)], api_keys=[secret], capture_text=True) as gw:
+    with _gateway(
+        tmp_path, [Deployment(name="a", url=server.base_url)], keys=[key_entry(secret, "t")], capture_text=True
+    ) as gw:
         body = {"model": "gemma", "prompt": "Hello", "max_tokens": 2}
         refused = httpx.post(gw.base_url + "/v1/completions", json=body, timeout=60)
         wrong = httpx.get(gw.base_url + "/v1/models", headers={"authorization": "Bearer nope"}, timeout=60)

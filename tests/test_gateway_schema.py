@@ -18,6 +18,7 @@ from schemathesis.checks import (
 )
 
 from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+from llmops_lib.gateway.access import key_entry
 from llmops_lib.gateway.routes import router
 
 pytestmark = pytest.mark.engine
@@ -43,8 +44,7 @@ def gateway_schema(server, tmp_path_factory):
     route = Route(model="gemma", deployments=[Deployment(name="a", url=server.base_url)], fallback="a")
     config = GatewayConfig(
         routes=[route],
-        api_keys=[KEY],
-        admin_keys=[KEY],
+        keys=[key_entry(KEY, "schema", admin=True)],
         request_log=str(tmp_path_factory.mktemp("schema") / "requests.sqlite"),
         max_tokens_limit=4,
         context_window=256,

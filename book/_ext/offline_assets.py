@@ -15,6 +15,11 @@ points the pages at it:
 
 Nothing goes into `book/_static/`: jupyter-book adds every script there to every page, and
 plotly.min.js (4+ MB) does not belong in git.
+
+Reports that chapters write while they run (Evidently's drift report, 4 MB of inlined scripts)
+go to `book/_reports/` (ignored by git, not a source of the book) and are copied to
+`_static/reports/` once every page has run; the page shows one in an `<iframe src=...>`. Inlined
+in the page instead (`srcdoc`), the report made the page 30 times heavier for every reader and test.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sphinx.config import Config
 from sphinx.errors import ExtensionError
 
 VENDOR_URL = "offline"  # under the output's _static/ (pydata-sphinx-theme owns _static/vendor/)
+REPORTS = "_reports"  # under book/: what chapters wrote; under the output's _static/: `reports`
 PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
 PLOTLY_DIV_CLASS = "plotly-graph-div"  # class of the div `fig.to_html` writes
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"  # myst-nb's script tag for a widget
@@ -103,6 +109,13 @@ def add_page_assets(app: Sphinx, pagename: str, templatename: str, context: dict
         app.add_js_file(None, body=f"var require = {config};", priority=499)  # require.js: 500
 
 
+def copy_reports(app: Sphinx, exception: Exception | None) -> None:
+    """Copy the reports the chapters wrote into the output's `_static/reports/`."""
+    reports = Path(app.srcdir) / REPORTS
+    if exception is None and app.builder.format == "html" and reports.is_dir():
+        shutil.copytree(reports, Path(app.outdir) / "_static" / "reports", dirs_exist_ok=True)
+
+
 def resolve_toc_from_working_dir(app: Sphinx, config: Config) -> None:
     """Make `--toc _toc.yml` mean the file in the working directory, as jupyter-book's CLI checks.
 
@@ -120,4 +133,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", point_config_at_local_assets, priority=900)
     app.connect("builder-inited", copy_assets)
     app.connect("html-page-context", add_page_assets)
+    app.connect("build-finished", copy_reports)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help=(
         "Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, "
-        "load-test them, evaluate them, release versions, version prompts, review unsure answers, run runbooks."
+        "load-test them, evaluate them, release versions, version prompts, review unsure answers, issue API keys, "
+        "verify the audit log, erase personal data, run runbooks."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -38,7 +39,10 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Inspect model files (GGUF) and the catalogue of named models.", no_args_is_help=True)
 runbook_app = typer.Typer(help="Run operational notebooks (papermill) with validated parameters.", no_args_is_help=True)
+from llmops_lib.audit_cli import audit_app  # noqa: E402
 from llmops_lib.evals.cli import eval_app  # noqa: E402 - light: the harnesses are imported on use
+from llmops_lib.gateway.keys_cli import keys_app  # noqa: E402
+from llmops_lib.observe.privacy_cli import privacy_app  # noqa: E402
 from llmops_lib.observe.review_cli import review_app  # noqa: E402
 from llmops_lib.prompts.cli import prompt_app  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
@@ -50,6 +54,9 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(prompt_app, name="prompt")
 app.add_typer(review_app, name="review")
 app.add_typer(eval_app, name="eval")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(privacy_app, name="privacy")
 
 
 def resolve_model(model: str | None) -> Path:

@@ -64,6 +64,10 @@ class RunArchiveError(LLMOpsError):
     """A runbook run could not be archived (full disk, no permission); nothing half-written is kept."""
 
 
+class AuditError(LLMOpsError):
+    """The audit log could not be written or read, or its signing key is missing or exposed."""
+
+
 class ExitCode(IntEnum):
     """What the `llmops` commands exit with, so cron and CI can tell a failed gate from a broken run."""
 

@@ -35,6 +35,7 @@ from uuid import uuid4
 
 import nbformat
 
+from llmops_lib import audit
 from llmops_lib.atomic import write_text
 from llmops_lib.config import settings
 from llmops_lib.errors import ExitCode, GateFailed, RunArchiveError, RunbookParameterError
@@ -312,6 +313,15 @@ def run_runbook(
         error=error,
     )
     archive(result, work)
+    audit.record(
+        "runbook.run",
+        runbook=result.runbook,
+        run_id=run_id,
+        parameters=values,
+        exit_code=result.exit_code,
+        status=result.status,
+        run_dir=result.run_dir,
+    )
     return result
 
 

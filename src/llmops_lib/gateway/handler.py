@@ -11,6 +11,8 @@ database write (the request log's writer thread does that), SSE events passed on
 request per prompt, sent together (the engine batches them across its slots) and answered as one
 (`answers.merged`: one choice per prompt, the usage summed, one log row; any failure fails it whole):
 llama-server's usage for a list counts only the first prompt's tokens (measured). It cannot stream.
+A route's guards (`guarding.py`) check the input before the cache and the queue, the answer before
+it is cached, and a stream event by event; a block is answered, logged and audited.
 Explained in: book/chapters/03_observability/monitoring.ipynb
 """
 
@@ -26,11 +28,15 @@ import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmops_lib import audit
 from llmops_lib.engines.sse import choice_text
+from llmops_lib.errors import LLMOpsError
 from llmops_lib.facts import tpot_s
+from llmops_lib.gateway.access import Access
 from llmops_lib.gateway.answers import Reply, merged
 from llmops_lib.gateway.cache import ResponseCache
-from llmops_lib.gateway.config import Deployment, GatewayConfig
+from llmops_lib.gateway.config import ApiKey, Deployment, GatewayConfig
+from llmops_lib.gateway.guarding import RouteGuards, Screening, StreamGuard, input_texts, route_guards
 from llmops_lib.gateway.prompts import PromptResolver, Request
 from llmops_lib.gateway.protocol import (
     CHAT_PATH,
@@ -42,7 +48,8 @@ from llmops_lib.gateway.protocol import (
 )
 from llmops_lib.gateway.queue import PriorityGate, QueueFull
 from llmops_lib.gateway.routing import RouteTable
-from llmops_lib.gateway.upstream import UPSTREAM_FAILURES, StreamReading, Upstreams
+from llmops_lib.gateway.upstream import UPSTREAM_FAILURES, StreamCut, StreamReading, Upstreams
+from llmops_lib.guards.pii import NAMED, Pii
 from llmops_lib.observe.gateway_metrics import GatewayMetrics
 from llmops_lib.observe.request_log import RequestLog, RequestRecord
 
@@ -89,10 +96,26 @@ class Gateway:
         self.log: RequestLog | None = None
         self.upstreams = Upstreams(self.metrics, config.timeout_s)
         self.prompts = PromptResolver(config.prompt_splits, config.prompt_cache_ttl_s)
+        self.guards: dict[str, RouteGuards] = {}
+        self.access = Access(config.keys)
 
     async def start(self) -> None:
         await self.prompts.start()  # first: a split naming a missing prompt stops the start before anything opens
-        self.log = RequestLog(self.config.request_log, capture_text=self.config.capture_text)
+        # built and warmed up once, in a thread: a classifier loads (or trains) before the first request
+        self.guards = await asyncio.to_thread(route_guards, self.config.routes)
+        redact = None
+        if self.config.capture_text:  # captured text is redacted before it is logged. Presidio loads now, not
+            # under the first requests (its writer thread would hold the GIL while loading); NER only when asked
+            entities = self.config.redact_entities
+            pii = Pii(entities, ner=entities is None or bool(set(entities) & set(NAMED)))
+            await asyncio.to_thread(pii.scan, "warm-up")
+            redact = pii.redact
+        self.log = RequestLog(
+            self.config.request_log,
+            capture_text=self.config.capture_text,
+            redact=redact,
+            retention_days=self.config.retention_days,
+        )
         await self.upstreams.start()
 
     async def stop(self) -> None:
@@ -109,13 +132,21 @@ class Gateway:
         priority: str | None,
         tag: str | None,
         user: str | None = None,
+        key: ApiKey | None = None,
     ) -> Response:
-        """Answer one validated completions or chat request (`priority`, `tag` and `user` from the headers)."""
+        """Answer one validated completions or chat request (`priority`, `tag` and `user` from the headers,
+        `key` the API key it came with, checked by `routes.RequireKey`)."""
         t0, record = time.perf_counter(), self.new_record(OPERATIONS[path])
         headers = {"x-request-id": record.request_id}
+        record.api_key_id = key.id if key else None
+        record.user = request.user or user or record.api_key_id
         try:
             request = await self._render(request, user, record)
+            self.access.admit(key, request.model)
             body, text = self._admit(request, priority, record)
+            guards = self.guards.get(body["model"])
+            if guards is not None and guards.input is not None:
+                body = await self._screen_input(path, body, guards, record)
             cache_key = self.cache.key(path, body)
             reply, body = Reply.of(path, body, self.routes.route(body["model"]).review_below)
             cached = self._lookup(cache_key, record)
@@ -127,19 +158,20 @@ class Gateway:
             try:
                 if isinstance(prompts := body.get("prompt"), list) and len(prompts) > 1:
                     answers, deployment = await self._ask_each(candidates, path, body, record)
-                    return self._answer(answers, deployment, record, cache_key, reply, headers, t0)
+                    return await self._answer(answers, deployment, record, cache_key, reply, headers, t0)
                 response, deployment = await self.upstreams.first_answer(candidates, path, body, record)
                 if request.stream and response.status < 400:
                     relaying = True  # the relayed stream releases the slot when it is over
                     record.http_status = response.status
-                    reading = StreamReading(self.config.capture_text, reply)
+                    screen = None if guards is None else guards.stream()
+                    reading = StreamReading(self.config.capture_text, reply, screen)
                     return RelayedStream(
                         self._relay(response, record, reading, t0),
                         lambda: self._end_relay(response, record, reading, t0),
                         headers | {"x-llmops-deployment": deployment.name},
                     )
                 answer = await _read(response, deployment)
-                return self._answer([answer], deployment, record, cache_key, reply, headers, t0)
+                return await self._answer([answer], deployment, record, cache_key, reply, headers, t0)
             finally:
                 if not relaying:
                     self.gate.release()
@@ -156,7 +188,7 @@ class Gateway:
         record.http_status, record.error_type, record.error = exc.status, exc.code or exc.type, exc.message
         self.finish(record, t0)
         if exc.status == 429:
-            headers = headers | {"retry-after": str(RETRY_AFTER_S)}
+            headers = headers | {"retry-after": str(exc.retry_after or RETRY_AFTER_S)}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     async def _render(self, request: Request, user: str | None, record: RequestRecord) -> Request:
@@ -221,8 +253,59 @@ class Gateway:
         # Without max_tokens an engine generates until its context is full: the limit caps it.
         body.setdefault("max_tokens", limit)
         record.gen_ai_request_max_tokens, record.gen_ai_request_temperature = body["max_tokens"], request.temperature
-        record.prompt = texts[0] if len(texts) == 1 else json.dumps(texts, ensure_ascii=False)
+        record.prompt = _logged_prompt(texts)
         return body, text
+
+    async def _screen_input(self, path: str, body: dict, guards: RouteGuards, record: RequestRecord) -> dict:
+        """The body to send upstream, its input checked by the route's guards (redactions applied).
+
+        Raises:
+            ApiError: 400 naming the guard that blocked it.
+        """
+        screening = Screening("input")
+        body = await guards.screen_input(path, body, screening)
+        if screening.blocked_by is not None:
+            record.prompt = None  # what a guard blocked (a secret, say) is not kept: its finding is
+        elif "redacted" in screening.verdicts.values():
+            record.prompt = _logged_prompt(input_texts(path, body))
+        await self._judged(screening, record)
+        return body
+
+    async def _judged(self, screening: Screening, record: RequestRecord) -> None:
+        """Log and count what a stage's guards found; a block is audited, then raised.
+
+        Raises:
+            ApiError: 400 naming the guard that blocked; 500 if the block could not be audited.
+        """
+        screening.report(record, self.metrics)
+        if screening.blocked_by is not None:
+            await self._audit_block(screening, record)
+            raise screening.error()
+
+    async def _audit_block(self, screening: Screening, record: RequestRecord) -> None:
+        """Put a block into the audit log (in a thread: it writes and hashes).
+
+        Raises:
+            ApiError: 500 when the audit log cannot record it (the request is refused all the same).
+        """
+        try:
+            await asyncio.to_thread(
+                audit.record,
+                "guard.block",
+                model=record.gen_ai_request_model,
+                guard=screening.blocked_by,
+                stage=screening.stage,
+                request_id=record.request_id,
+            )
+        except LLMOpsError as exc:
+            raise ApiError(
+                500,
+                f"guard {screening.blocked_by!r} blocked the {screening.stage}, and the audit log could not record "
+                f"it: {exc}",
+                param=screening.stage,
+                type="server_error",
+                code="audit_failed",
+            ) from None
 
     def _lookup(self, cache_key: str | None, record: RequestRecord) -> tuple[str, dict] | None:
         if cache_key is None:
@@ -260,7 +343,7 @@ class Gateway:
                 raise outcome
         return [answer for answer, _ in asked], asked[0][1]
 
-    def _answer(
+    async def _answer(
         self,
         answers: list[tuple[int, bytes]],
         deployment: Deployment,
@@ -271,8 +354,12 @@ class Gateway:
         t0: float,
     ) -> Response:
         """Answer with the engine's (status, body) for the request, or for each prompt of a list: merged,
-        reviewed, cached, logged and passed on under the client's model name; an engine's refusal (the
-        first, for a list) passed on as it is."""
+        reviewed, checked by the route's output guards, cached, logged and passed on under the client's
+        model name; an engine's refusal (the first, for a list) passed on as it is.
+
+        Raises:
+            ApiError: 400 naming the output guard that blocked the answer.
+        """
         headers["x-llmops-deployment"] = deployment.name
         status, content = next((answer for answer in answers if answer[0] >= 400), answers[0])
         record.http_status = status
@@ -282,9 +369,17 @@ class Gateway:
             record.gen_ai_response_model = data.get("model")
             reply.named(data)
             record.ttft_s = time.perf_counter() - t0
+            reply.review(data, record)
+            guards = self.guards.get(reply.model)
+            if guards is not None and guards.output is not None:
+                if usage:  # logged with a blocked answer too: its tokens were spent
+                    record.gen_ai_usage_input_tokens = usage.get("prompt_tokens")
+                    record.gen_ai_usage_output_tokens = usage.get("completion_tokens")
+                screening = Screening("output")
+                await guards.screen_answer(data, screening)
+                await self._judged(screening, record)
             if self.config.capture_text:
                 record.completion = _completion_text(data)
-            reply.review(data, record)
             if cache_key is not None:
                 self.cache.put(cache_key, deployment.name, data)
             self.finish(record, t0, usage)
@@ -318,11 +413,16 @@ class Gateway:
             async for chunk in response.content.iter_any():
                 if record.ttft_s is None:
                     record.ttft_s = time.perf_counter() - t0
-                events = reading.feed(chunk)
+                events = reading.feed(chunk) if reading.screen is None else await reading.feed_screened(chunk)
                 if events:
                     yield events
-            if events := reading.close():
+            if events := reading.close() if reading.screen is None else await reading.feed_screened(None):
                 yield events
+        except StreamCut as cut:
+            response.close()  # stop reading: the engine sees the client gone and stops generating
+            if cut.passed:
+                yield cut.passed
+            yield await self._cut(reading.screen, record)
         except UPSTREAM_FAILURES as exc:
             self.metrics.upstream_errors.labels(record.deployment or "", "mid_stream").inc()
             record.http_status, record.error_type = 502, "upstream_died_mid_stream"
@@ -335,6 +435,18 @@ class Gateway:
             )
             yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
 
+    async def _cut(self, screen: StreamGuard | None, record: RequestRecord) -> bytes:
+        """The error event and `[DONE]` that end a stream an output guard cut, logged and audited."""
+        assert screen is not None
+        screening = screen.screening
+        error = screening.error()
+        try:
+            await self._audit_block(screening, record)
+        except ApiError as failed:
+            error = failed
+        record.http_status, record.error_type, record.error = error.status, error.code or error.type, error.message
+        return b"data: " + json.dumps(error.body()).encode() + b"\n\ndata: [DONE]\n\n"
+
     def _end_relay(
         self, response: aiohttp.ClientResponse, record: RequestRecord, reading: StreamReading, t0: float
     ) -> None:
@@ -345,6 +457,8 @@ class Gateway:
         record.completion = reading.text() if self.config.capture_text else None
         record.gen_ai_response_model = reading.upstream_model
         reading.review(record)
+        if reading.screen is not None:
+            reading.screen.screening.report(record, self.metrics)
         self.finish(record, t0, reading.usage or {"completion_tokens": reading.text_events})
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -356,6 +470,9 @@ class Gateway:
         if usage:
             record.gen_ai_usage_input_tokens = usage.get("prompt_tokens")
             record.gen_ai_usage_output_tokens = usage.get("completion_tokens")
+            if not record.cache_hit:  # a key's token quota counts what its answers cost the engines
+                tokens = (record.gen_ai_usage_input_tokens or 0) + (record.gen_ai_usage_output_tokens or 0)
+                self.access.spend(record.api_key_id, tokens)
         answered = (record.http_status or 500) < 400
         if answered:
             priced = record.deployment in self.prices and not record.cache_hit
@@ -429,6 +546,11 @@ async def _read(response: aiohttp.ClientResponse, deployment: Deployment) -> tup
         ) from None
     finally:
         response.release()
+
+
+def _logged_prompt(texts: list[str]) -> str:
+    """A request's prompt as the log keeps it: the text, or the JSON list of a list's texts."""
+    return texts[0] if len(texts) == 1 else json.dumps(texts, ensure_ascii=False)
 
 
 def _completion_text(data: dict) -> str | None:

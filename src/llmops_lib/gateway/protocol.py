@@ -36,6 +36,8 @@ class ApiError(Exception):
     param: str | None = None
     type: str = "invalid_request_error"
     code: str | None = None
+    #: for a 429: the seconds the client is told to wait (Retry-After); None: the queue's default
+    retry_after: int | None = None
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -109,7 +111,9 @@ class _OpenAIRequest(BaseModel):
     response_format: ResponseFormat | None = Field(None, description="json_object or json_schema: constrained output")
     json_schema: dict[str, Any] | None = Field(None, description="llama-server: a JSON schema the output must match")
     grammar: str | None = Field(None, description="llama-server: a GBNF grammar the output must match")
-    n_probs: int | None = Field(None, ge=0, description="llama-server: top token probabilities per generated token")
+    n_probs: int | None = Field(
+        None, ge=0, le=20, description="llama-server: top token probabilities per generated token (at most 20)"
+    )
 
 
 def _prompt_kind(value: Any) -> str | None:
@@ -141,7 +145,9 @@ class CompletionRequest(_OpenAIRequest):
         description="the prompt: a string, a list of strings (one choice each, in order; not with `stream`), "
         "or a reference to a registered prompt"
     )
-    logprobs: int | None = Field(None, ge=0, description="log-probabilities of this many top tokens per token")
+    # bounded like vLLM's default max_logprobs: llama-server answers any count, and a vocabulary-sized one
+    # (262k entries per token) ties an engine slot up past the timeout
+    logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of this many top tokens per token")
     echo: bool | None = Field(None, description="also return the prompt (llama-server ignores it)")
 
     def reference(self) -> PromptReference | None:

@@ -1,6 +1,7 @@
 """The gateway's side towards the engines: one keep-alive session, a send retried once on a stale
 connection, fail-over between the candidates of a route, what each engine says about its chat
-template, its metrics under the common names, and what a relayed stream reports.
+template, its metrics under the common names, and what a relayed stream reports (and, on a route
+with output guards, lets through).
 
 One shared aiohttp session: half the CPU of httpx per request (measured in
 benchmarks/gateway_overhead.py's notes).
@@ -17,10 +18,11 @@ from pathlib import Path
 import aiohttp
 
 from llmops_lib.engines.metrics import common_samples
-from llmops_lib.engines.sse import SSEDecoder, choice_text, decode
+from llmops_lib.engines.sse import DONE, SSEDecoder, choice_text, decode
 from llmops_lib.errors import LLMOpsError
 from llmops_lib.gateway.answers import Reply
 from llmops_lib.gateway.config import Deployment
+from llmops_lib.gateway.guarding import StreamGuard, set_choice_text
 from llmops_lib.gateway.protocol import CHAT_PATH, ApiError
 from llmops_lib.models import inspect_gguf
 from llmops_lib.observe.gateway_metrics import GatewayMetrics
@@ -185,15 +187,26 @@ class Upstreams:
         await asyncio.gather(*(scrape(d) for d in {d.name: d for d in deployments}.values()))
 
 
+class StreamCut(Exception):
+    """An output guard stopped a stream: `passed` holds the events before the one it stopped at."""
+
+    def __init__(self, passed: bytes) -> None:
+        super().__init__("an output guard cut the stream")
+        self.passed = passed
+
+
 class StreamReading:
     """What the gateway learns from a stream it relays (the usage report the engine sends in its
     last chunk, the number of events that carried text, the engine's model name, the log-probabilities
     to review and, with capture, the text), and the events re-framed for the client as `reply` shapes
-    them (SSE comments and `event:`/`id:` fields, which OpenAI streams do not use, are dropped)."""
+    them (SSE comments and `event:`/`id:` fields, which OpenAI streams do not use, are dropped).
+    With a `screen` (the route's output guards), the text of each event is checked before it is passed
+    on: `feed_screened` instead of `feed` and `close`."""
 
-    def __init__(self, capture_text: bool, reply: Reply) -> None:
+    def __init__(self, capture_text: bool, reply: Reply, screen: StreamGuard | None = None) -> None:
         self.capture_text = capture_text
         self.reply = reply
+        self.screen = screen
         #: choice index -> the token log-probability entries its chunks carried
         self.gathered: dict[int, list[dict]] = {}
         self.decoder = SSEDecoder()
@@ -210,13 +223,36 @@ class StreamReading:
         """The bytes of an event the stream ended without a blank line after."""
         return b"".join(self._read(payload) for payload in self.decoder.close())
 
+    async def feed_screened(self, chunk: bytes | None) -> bytes:
+        """`feed` (`close` for None: the stream ended), each event's text first let through the screen.
+
+        Raises:
+            StreamCut: a guard stopped the stream at one of the events (the events before it passed).
+        """
+        assert self.screen is not None
+        passed = []
+        for payload in self.decoder.feed(chunk) if chunk is not None else self.decoder.close():
+            event = _decoded(payload)
+            if event is None and payload.strip() != DONE:
+                continue  # what the guards cannot read does not reach the client
+            for choice in event.get("choices") or [] if event is not None else []:
+                text, final = choice_text(choice), choice.get("finish_reason") is not None
+                if text or final:
+                    visible = await self.screen.piece(text, final)
+                    if visible is None:
+                        raise StreamCut(b"".join(passed))
+                    if visible != text:
+                        set_choice_text(choice, visible)
+            passed.append(self._relayed(payload, event))
+        return b"".join(passed)
+
     def _read(self, payload: str) -> bytes:
-        try:
-            event = decode(payload)
-        except ValueError:
-            return _frame(payload)  # not ours to judge: the client gets the data as the engine sent it
+        return self._relayed(payload, _decoded(payload))
+
+    def _relayed(self, payload: str, event: dict | None) -> bytes:
+        """Learn from one event (`payload` decoded; None: not a JSON chunk) and frame it for the client."""
         if event is None:
-            return _frame(payload)
+            return _frame(payload)  # [DONE], or not ours to judge: the client gets it as the engine sent it
         self.usage = event.get("usage") or self.usage
         for choice in event.get("choices") or []:
             text = choice_text(choice)
@@ -234,6 +270,14 @@ class StreamReading:
 
     def text(self) -> str | None:
         return "".join(self.pieces) if self.pieces else None
+
+
+def _decoded(payload: str) -> dict | None:
+    """The JSON object of an event; None for [DONE] and for data that is not an OpenAI chunk."""
+    try:
+        return decode(payload)
+    except ValueError:
+        return None
 
 
 def _frame(payload: str) -> bytes:

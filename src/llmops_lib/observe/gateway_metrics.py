@@ -9,10 +9,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Guards take microseconds (rules) to tens of milliseconds (Presidio, a whole stream's checks).
+_GUARD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class GatewayMetrics:
-    """Request count, latencies (TTFT, TPOT, end-to-end), tokens, cache, queue, upstream errors."""
+    """Request count, latencies (TTFT, TPOT, end-to-end), tokens, cache, queue, upstream errors, guards."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -62,5 +64,18 @@ class GatewayMetrics:
             "llmops_engine",
             "Engine metrics scraped from the upstreams, under common names",
             ["deployment", "name"],
+            registry=r,
+        )
+        self.guard_verdicts = Counter(
+            "llmops_gateway_guard_verdicts",
+            "Guard verdicts, one per guard, stage and request (outcome: allowed, flagged, redacted, blocked)",
+            ["model", "guard", "stage", "outcome"],
+            registry=r,
+        )
+        self.guard_seconds = Histogram(
+            "llmops_gateway_guard_seconds",
+            "Seconds a request's guards took, per stage (a stream: all its checks)",
+            ["stage"],
+            buckets=_GUARD_BUCKETS,
             registry=r,
         )

@@ -10,17 +10,19 @@ Explained in: book/chapters/03_observability/monitoring.ipynb
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Self
 
 from llmops_lib.config import settings
 from llmops_lib.errors import LLMOpsError, SpecError
+from llmops_lib.observe import privacy
 
 #: OpenTelemetry GenAI attribute -> SQL column of the `requests` table.
 OTEL_ATTRIBUTES: dict[str, str] = {
@@ -66,6 +68,11 @@ class RequestRecord:
     prompt_alias: str | None = None  # and the alias (the A/B arm) it was reached through, if any
     confidence: float | None = None  # on a route with review_below: the answer's confidence from its
     needs_review: int | None = None  # token log-probabilities, and 1 when under the threshold (NULL: streamed)
+    guard_blocked: str | None = None  # the guard that blocked the request or cut its stream
+    guard_flags: str | None = None  # the guards that flagged it, comma-joined
+    pii_types: str | None = None  # PII types redacted from the captured text, comma-joined ("" none; NULL not scanned)
+    api_key_id: str | None = None  # the id of the API key it came with (never the key)
+    user: str | None = None  # the OpenAI `user` field when given, else the key's id
     prompt: str | None = None
     completion: str | None = None
 
@@ -87,6 +94,11 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 _INSERT = f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _FEEDBACK = "INSERT INTO feedback (request_id, created_at, score, comment) VALUES (?, ?, ?, ?)"
+_TEXTS = (_COLUMNS.index("prompt"), _COLUMNS.index("completion"))
+_PII_TYPES = _COLUMNS.index("pii_types")
+#: how often a log with a retention deletes what has expired (also once when it opens)
+RETENTION_EVERY_S = 3600.0
+_logger = logging.getLogger(__name__)
 
 
 def database_path(url: str | Path | None = None) -> Path:
@@ -239,14 +251,48 @@ def _add_new_columns(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
+def _redacted(redact: Callable[[str], tuple[str, list[str]]], kind: str, row: tuple) -> tuple:
+    """`row` with its text redacted: a request's prompt and completion (types found into `pii_types`,
+    "" for none) or a feedback comment; other queue items as they are."""
+    texts = _TEXTS if kind == "requests" else (3,) if kind == "feedback" else ()
+    if all(row[i] is None for i in texts):
+        return row
+    values, types = list(row), set()
+    for i in texts:
+        if values[i] is not None:
+            try:
+                values[i], found = redact(values[i])
+                types.update(found)
+            except Exception:  # a redactor's bug must neither stop the log nor let raw text through
+                _logger.exception("redacting a %s row failed: its text is dropped", kind)
+                values[i] = None
+    if kind == "requests":
+        values[_PII_TYPES] = ",".join(sorted(types))
+    return tuple(values)
+
+
 class RequestLog(RequestLogReader):
     """The request log at `url` (see `database_path`), written by a background thread; prompt and
     completion text are kept only with `capture_text`. It reads as a `RequestLogReader` does; a
-    process that only reads uses `RequestLogReader`, which never creates the file nor a writer."""
+    process that only reads uses `RequestLogReader`, which never creates the file nor a writer.
 
-    def __init__(self, url: str | Path | None = None, capture_text: bool = False) -> None:
+    `redact(text) -> (redacted text, PII types found)` runs in the writer thread (off the response
+    path) on the captured prompt, completion and feedback comment before they reach the file; the
+    types go to `pii_types`. If it fails the text is dropped, never written raw. With
+    `retention_days`, the writer deletes older rows when it starts and every `RETENTION_EVERY_S`
+    (`privacy.expire`: bytes overwritten, audited)."""
+
+    def __init__(
+        self,
+        url: str | Path | None = None,
+        capture_text: bool = False,
+        redact: Callable[[str], tuple[str, list[str]]] | None = None,
+        retention_days: float | None = None,
+    ) -> None:
         super().__init__(url)
         self.capture_text = capture_text
+        self.redact = redact
+        self.retention_days = retention_days
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -263,7 +309,7 @@ class RequestLog(RequestLogReader):
         # WAL with synchronous=NORMAL: a crash of the process loses nothing committed; only a power
         # cut may lose the last commits. One fsync per batch would otherwise cost every request.
         db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        return privacy.secure(db)
 
     def submit(self, record: RequestRecord) -> None:
         """Queue `record` for writing; returns at once."""
@@ -276,16 +322,34 @@ class RequestLog(RequestLogReader):
         """Queue a feedback row about `request_id`."""
         self._queue.put(("feedback", (request_id, time.time(), float(score), comment)))
 
+    def _expire(self, db: sqlite3.Connection, due: float) -> float:
+        """Apply the retention if due (monotonic time `due`); when it is next due."""
+        if self.retention_days is None or time.monotonic() < due:
+            return due
+        try:
+            privacy.expire(db, self.path, self.retention_days)
+        except Exception:  # e.g. the audit log unwritable: logged, and tried again next time
+            _logger.exception("applying the request log's retention of %s days failed", self.retention_days)
+        return time.monotonic() + RETENTION_EVERY_S
+
     def _write_loop(self) -> None:
         db = self._connect()
+        due = time.monotonic()
         try:
             while True:
-                batch = [self._queue.get()]
+                due = self._expire(db, due)
+                try:
+                    wait = None if self.retention_days is None else max(0.0, due - time.monotonic())
+                    batch = [self._queue.get(timeout=wait)]
+                except queue.Empty:
+                    continue
                 while len(batch) < 500:
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                if self.redact is not None:
+                    batch = [(kind, _redacted(self.redact, kind, row)) for kind, row in batch]
                 with db:
                     for kind, sql in (("requests", _INSERT), ("feedback", _FEEDBACK)):
                         db.executemany(sql, [item[1] for item in batch if item[0] == kind])

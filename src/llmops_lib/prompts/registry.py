@@ -28,9 +28,11 @@ import difflib
 import json
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from llmops_lib import audit
 from llmops_lib.atomic import write_text
 from llmops_lib.config import settings
 from llmops_lib.errors import LLMOpsError, PromptError, PromptNotFound
@@ -179,6 +181,7 @@ class PromptRegistry(Store):
             self.client.set_prompt_tag(name, key, value)
         finally:  # even a half-done move may have moved the alias: the gateway must look again
             write_text(self.generation_file, str(max(self.generation() + 1, time.time_ns())))
+        audit.record("prompt.alias", prompt=name, registry=self.uri, **asdict(event))
         return event
 
     # --- reading ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from llmops_lib import audit
 from llmops_lib.errors import LLMOpsError, SpecError
 from llmops_lib.release import analysis
 from llmops_lib.release.conditions import check_query
@@ -36,6 +37,13 @@ from llmops_lib.release.phases import AnalysisPhase, Phase
 from llmops_lib.release.registry import Registry
 from llmops_lib.release.rollout import Pause, RolloutSpec, SetWeight
 from llmops_lib.release.state import RolloutState, RolloutStore
+
+#: The trail's events that are decisions, also put into the tamper-evident audit log (`rollout.decision`):
+#: the controller's promotion or rollback, an operator's promote, abort or undo, and how the rollout ended.
+DECISIONS = frozenset(
+    {"PromotionStarted", "RollbackStarted", "OperatorPromote", "OperatorAbort", "OperatorUndo"}
+    | {Phase.PROMOTED, Phase.ROLLED_BACK}
+)
 
 ADMIN_KEY_ENV = "LLMOPS_GATEWAY_ADMIN_KEY"
 #: reconciliations failing in a row (gateway or registry unreachable) before the controller gives up; a new one resumes
@@ -541,6 +549,8 @@ class Controller:
 
     def _audit(self, state: RolloutState, event_type: str, **data: Any) -> None:
         event = self.store.append({"type": event_type, "phase": state.phase, **data})
+        if event_type in DECISIONS:
+            audit.record("rollout.decision", rollout=state.name, model=self.spec.model, decision=event_type, **data)
         for hook in (h for h in self.hooks if h.kind == "event"):
             yes, detail = hook(event)
             if not yes:

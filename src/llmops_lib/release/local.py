@@ -60,6 +60,7 @@ class LocalRelease:
             ModelError: an artifact changed or vanished since it was registered (nothing started).
         """
         from llmops_lib.gateway import Deployment, GatewayConfig, GatewayServer, Route
+        from llmops_lib.gateway.access import key_entry
 
         records = {self.stable_deployment: self.stable.verify(), self.canary_deployment: self.candidate.verify()}
         try:
@@ -76,9 +77,8 @@ class LocalRelease:
                     ),
                 ],
             )
-            config = GatewayConfig(
-                routes=[route], admin_keys=[self.admin_key], request_log=self.request_log, cache_size=0
-            )
+            admin = key_entry(self.admin_key, "release", admin=True, routes=[])  # admin only: traffic needs no key
+            config = GatewayConfig(routes=[route], keys=[admin], request_log=self.request_log, cache_size=0)
             self.gateway = self._stack.enter_context(GatewayServer(config))
         except BaseException:
             self._stack.close()

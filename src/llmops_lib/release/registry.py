@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmops_lib import audit
 from llmops_lib.engines.spec import EngineSpec
 from llmops_lib.errors import LLMOpsError, ModelError, SpecError
 from llmops_lib.mlflow_store import AliasEvent, Store, alias_event, events_in, require_reason
@@ -222,6 +223,7 @@ class Registry(Store):
     ) -> AliasEvent:
         key, value, event = alias_event(alias, before, after, why, who)
         self.client.set_registered_model_tag(name, key, value)
+        audit.record("model.alias", model=name, registry=self.uri, **asdict(event))
         return event
 
     # --- reading ---------------------------------------------------------------------------

@@ -94,7 +94,13 @@ def test_an_injection_is_refused_naming_the_guard_logged_and_audited(gateway):
     assert row["prompt"] is None  # not kept, though the log captures text
     with AuditLog(folder / "audit" / "audit.sqlite") as audit:
         blocks = [entry.fields for entry in audit.entries(event="guard.block")]
-    assert {"model": "guarded", "guard": "injection_rules", "stage": "input", "request_id": request_id} in blocks
+    assert {
+        "model": "guarded",
+        "guard": "injection_rules",
+        "stage": "input",
+        "request_id": request_id,
+        "api_key_id": None,  # an open gateway: no key
+    } in blocks
 
 
 def test_the_classifier_layer_blocks_a_jailbreak_the_rules_let_through(gateway):

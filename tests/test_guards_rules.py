@@ -195,10 +195,11 @@ def test_secrets_are_found_redacted_and_never_repeated(secret, kind):
     assert all(secret not in finding.detail for finding in verdict.findings)
 
 
-def test_an_assigned_secret_loses_only_its_value():
-    verdict = scan("secrets", 'config: api_key = "Zx81-kQ0pL7vR2mN" and retries=3')
+@pytest.mark.parametrize("name", ["api_key", "aws_secret_access_key", "DB_PASSWORD"])
+def test_an_assigned_secret_loses_only_its_value(name):
+    verdict = scan("secrets", f'config: {name} = "Zx81-kQ0pL7vR2mN" and retries=3')
     assert kinds(verdict) == {"assigned_secret"}
-    assert verdict.redacted == 'config: api_key = "<SECRET>" and retries=3'
+    assert verdict.redacted == f'config: {name} = "<SECRET>" and retries=3'
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ API key) never reaches the client in part before it can match it whole; a redact
 applies before it is sent. A redaction that reaches back into text the client already has cuts the
 stream instead. The price: the client sees the text H to 2H characters late, in pieces of about H;
 a stream of n characters costs about n / H checks (whole-text checks: the classifiers take ms each,
-measured in /work/helpers/bench_guard_cost.py). H = 0 checks every event and holds nothing back.
+measured in benchmarks/guards.py). H = 0 checks every event and holds nothing back.
 
 A pipeline whose warm-up check takes longer than `OFFLOAD_S` runs in a worker thread
 (`asyncio.to_thread`, ~0.2 ms per hand-off measured here), so a classifier or Presidio does not stall

@@ -296,6 +296,7 @@ class Gateway:
                 guard=screening.blocked_by,
                 stage=screening.stage,
                 request_id=record.request_id,
+                api_key_id=record.api_key_id,  # who sent it (the key's id, never the key)
             )
         except LLMOpsError as exc:
             raise ApiError(

@@ -1,4 +1,4 @@
-"""The `injection` input scanner: H1's rules in front of the trained classifier.
+"""The `injection` input scanner: the rules (guards/rules.py) in front of the trained classifier.
 
 Rules catch what is short and literal (override phrases, fake turns, encoded orders) that a
 classifier trained on long jailbreak templates misses; the classifier catches the long role-play

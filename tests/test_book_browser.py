@@ -1,10 +1,11 @@
 """A real browser draws the built book's figures and math, fetching nothing from the internet.
 
-test_book_html.py checks what the pages reference; this opens every page of the book (the root
-page, every chapter and part index in every sub-folder, the labs, glossary and bibliography) in
-headless Debian chromium, served over HTTP from 127.0.0.1 the way a reader's browser gets them, and
-checks what the scripts actually did (plotly drew every figure, MathJax typeset every formula, a
-framed report drew itself) and what each page requested.
+test_book_html.py checks what the pages reference; this opens every page of the table of contents
+(_toc.yml: the root page, every chapter and part index in every sub-folder, the labs, the reference
+pages and the general index) in headless Debian chromium, served over HTTP from 127.0.0.1 the way a
+reader's browser gets them, with every other host unresolvable, and checks what the scripts actually
+did (plotly drew every figure, MathJax typeset every formula, a framed report drew itself), what each
+page requested (nothing but the site), and that every reference and link on it leads somewhere.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from bs4 import BeautifulSoup
+from test_book_html import RAW_ROLE  # a MyST role left as text: one definition for both book tests
+from test_book_map import toc_pages  # the pages of _toc.yml, in reading order
 
 pytestmark = [pytest.mark.browser, pytest.mark.book]
 
@@ -36,8 +40,12 @@ DRAWN_TRACE = "g.trace, g.hm, g.table"
 MATH = ".math"
 # A frame showing a file of the site (the drift report of quality_assurance, drawn by its own scripts).
 FRAME = "iframe[src]"
-# Sphinx's own pages (not written by us) and index.html, which only redirects to the root page.
+# Sphinx's own pages outside the table of contents, and index.html, which only redirects to the root page.
 GENERATED_PAGES = {"index.html", "genindex.html", "search.html", "py-modindex.html"}
+# The initiator chromium logs for its own calls (updates, accounts); a page's requests carry its origin.
+BROWSER_OWN = "not an origin"
+# Where a reader could see a MyST role left as text: not in code, math or scripts, which hold braces.
+NOT_PROSE = "pre, code, script, style, div.cell_input, .math, mjx-container"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -97,11 +105,19 @@ def site() -> Iterator[str]:
     server.server_close()
 
 
+@functools.cache
 def book_pages() -> list[str]:
-    """Every page of the built book a reader can open (paths relative to the HTML root), in every
-    sub-folder; not Sphinx's generated pages, nor the theme's folders (`_static`, `_sources`, ...)."""
-    pages = [page.relative_to(HTML).as_posix() for page in sorted(HTML.rglob("*.html"))]
-    pages = [page for page in pages if page not in GENERATED_PAGES and not any(p[0] == "_" for p in page.split("/"))]
+    """Every page a reader can open (paths relative to the HTML root): each page of the table of
+    contents, which the build must have written, then any other page it wrote in any sub-folder (not
+    Sphinx's generated pages, nor the theme's folders `_static`, `_sources`, ...)."""
+    toc = [f"{page}.html" for page in toc_pages()]
+    missing = [page for page in toc if not (HTML / page).is_file()]
+    assert not missing, f"pages of _toc.yml the build did not write (rebuild the book): {missing}"
+    built = [page.relative_to(HTML).as_posix() for page in sorted(HTML.rglob("*.html"))]
+    others = [
+        p for p in built if p not in GENERATED_PAGES and p not in toc and not any(s[0] == "_" for s in p.split("/"))
+    ]
+    pages = toc + others
     nested = [page for page in pages if page.startswith("chapters/") and page.count("/") >= 2]
     assert nested, f"no chapter page in a sub-folder of {HTML / 'chapters'}: is the book built?"
     return pages
@@ -121,8 +137,9 @@ def pages_with(selector: str) -> list[str]:
     return found
 
 
-def page_requests(netlog: Path, site: str) -> list[str]:
-    """URLs the page requested: its own load and every request it initiated."""
+def page_requests(netlog: Path) -> list[str]:
+    """URLs the page requested: its own load, every frame it loaded and every request any origin
+    initiated (the page's, a frame's); only chromium's own calls are left out."""
     log = json.loads(netlog.read_text())
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     return [
@@ -130,7 +147,10 @@ def page_requests(netlog: Path, site: str) -> list[str]:
         for event in log["events"]
         if event["type"] == start_job
         and "url" in event.get("params", {})
-        and (event["params"].get("initiator") == site or event["params"].get("request_type") == "main frame")
+        and (
+            event["params"].get("initiator") != BROWSER_OWN
+            or event["params"].get("request_type") in ("main frame", "sub frame")
+        )
     ]
 
 
@@ -163,7 +183,7 @@ def visit(chromium: str, site: str, tmp_path_factory: pytest.TempPathFactory) ->
                 timeout=180,
             )
             assert done.returncode == 0 and screenshot.is_file(), f"chromium failed on {page}:\n{done.stderr[-3000:]}"
-            visits[page] = Visit(BeautifulSoup(done.stdout, "html.parser"), screenshot, page_requests(netlog, site))
+            visits[page] = Visit(BeautifulSoup(done.stdout, "html.parser"), screenshot, page_requests(netlog))
         return visits[page]
 
     return open_page
@@ -220,12 +240,87 @@ def test_every_frame_loads_its_report_from_the_site_and_the_report_draws(visit: 
 
 
 def test_every_page_fetches_everything_from_the_site(visit: Opener, site: str) -> None:
+    """No page asks any host but the site's (other hosts do not resolve: such a request would fail)."""
     external = {}
     for page in book_pages():
         requests = visit(page).requests
+        assert f"{site}/{page}" in requests, f"{page}: its own load is not in the network log: {requests}"
         if outside := [url for url in requests if not url.startswith(f"{site}/")]:
             external[page] = outside
     assert not external, f"pages requested from outside the site: {external}"
+
+
+def anchors(root: BeautifulSoup) -> set[str]:
+    """The fragments a link can jump to on a page: its ids and named anchors."""
+    return {tag["id"] for tag in root.find_all(id=True)} | {
+        tag["name"] for tag in root.find_all("a", attrs={"name": True})
+    }
+
+
+@functools.cache
+def built_anchors(page: str) -> set[str]:
+    return anchors(static_html(page))
+
+
+def link_target(page: str, href: str) -> tuple[str, str] | None:
+    """The site file and fragment a link of `page` points at (None: a link out of the site, the
+    reader's to follow, never fetched by the page)."""
+    parts = urlsplit(href)
+    if parts.scheme or parts.netloc:
+        return None
+    path = posixpath.normpath(posixpath.join(posixpath.dirname(page), unquote(parts.path))) if parts.path else page
+    return path, unquote(parts.fragment)
+
+
+def prose_text(root: BeautifulSoup) -> str:
+    """What a reader reads in `root`: its text outside code, math and scripts (which hold braces)."""
+    hidden = {id(tag) for tag in root.select(NOT_PROSE)}
+    return " ".join(text for text in root.find_all(string=True) if not any(id(p) in hidden for p in text.parents))
+
+
+def test_every_reference_on_every_page_resolves(visit: Opener) -> None:
+    """What a reader meets after the scripts ran: a cross-reference Sphinx could not resolve stays
+    classed `xref` outside any link; a MyST role it did not parse stays as text ({ref}`...`, read on
+    the built page: scripts do not write roles); a link (in the text, the sidebar, the general index)
+    may point at a file or an anchor the build did not write."""
+    problems = []
+    for page in book_pages():
+        seen = visit(page).dom
+        main = static_html(page).select_one("main") or static_html(page)
+        problems += [f"{page}: MyST role left as text: {role!r}" for role in RAW_ROLE.findall(prose_text(main))]
+        for xref in seen.select(".xref"):
+            if xref.name != "a" and xref.find_parent("a") is None:  # the link itself, or inside one
+                problems.append(f"{page}: unresolved {' '.join(xref.get('class', []))} {xref.get_text()!r}")
+        here: set[str] | None = None  # the anchors of the page as drawn, collected on first use
+        for link in seen.select("a[href]"):
+            if (target := link_target(page, link["href"])) is None:
+                continue
+            path, fragment = target
+            text = link.get_text(" ", strip=True)[:40]
+            if path.startswith("..") or not (HTML / path).exists():
+                problems.append(f"{page}: link {text!r} leads to {link['href']}, not a file of the site")
+            elif fragment and path.endswith(".html"):
+                if path == page and here is None:
+                    here = anchors(seen) | built_anchors(page)
+                if fragment not in (here if path == page else built_anchors(path)):
+                    problems.append(f"{page}: link {text!r} leads to {link['href']}: no #{fragment} on {path}")
+    assert not problems, "unresolved references and dead links on built pages:\n" + "\n".join(problems)
+
+
+def test_every_image_draws_from_the_site(visit: Opener, site: str) -> None:
+    """An <img> (a cell's PNG output, a logo) is a file of the site that the page requested."""
+    images = [(page, img["src"]) for page in book_pages() for img in visit(page).dom.select("main img[src]")]
+    if not images:
+        pytest.skip("no page of this build has an image (the figures are plotly's, checked above)")
+    problems = []
+    for page, src in images:
+        if src.startswith("data:image/"):
+            continue  # inline: drawn from the page itself
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(page), unquote(urlsplit(src).path)))
+        requested = {url.split("?")[0] for url in visit(page).requests}
+        if f"{site}/{path}" not in requested or not (HTML / path).is_file() or not (HTML / path).stat().st_size:
+            problems.append(f"{page}: image {src} not loaded from the site (screenshot: {visit(page).screenshot})")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("selector, asset", [(FIGURE_DIV, "/plotly.min.js"), (MATH, "/fonts/woff-v2/")])

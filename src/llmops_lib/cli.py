@@ -45,6 +45,7 @@ from llmops_lib.gateway.keys_cli import keys_app  # noqa: E402
 from llmops_lib.observe.privacy_cli import privacy_app  # noqa: E402
 from llmops_lib.observe.review_cli import review_app  # noqa: E402
 from llmops_lib.prompts.cli import prompt_app  # noqa: E402 - light: MLflow is imported on use
+from llmops_lib.release import maturity_cli  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
 
 app.add_typer(model_app, name="model")
@@ -57,6 +58,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
+app.command("maturity", help=maturity_cli.HELP)(maturity_cli.maturity_command)
 
 
 def resolve_model(model: str | None) -> Path:

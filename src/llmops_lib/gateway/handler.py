@@ -153,7 +153,9 @@ class Gateway:
             if cached is not None:
                 return self._cached(record, cached, reply, headers, t0)
             candidates = self.routes.candidates(request.model, text, tag)
+            waiting = time.perf_counter()
             await self._acquire(record.priority)
+            record.queue_s = time.perf_counter() - waiting
             relaying = False
             try:
                 if isinstance(prompts := body.get("prompt"), list) and len(prompts) > 1:

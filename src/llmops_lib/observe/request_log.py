@@ -58,6 +58,7 @@ class RequestRecord:
     error_type: str | None = None
     error: str | None = None
     ttft_s: float | None = None
+    queue_s: float | None = None  # time waiting in the gateway's queue for an upstream slot
     latency_s: float | None = None
     cost_usd: float | None = None
     cache_hit: int = 0

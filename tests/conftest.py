@@ -21,14 +21,18 @@ from llmops_lib.models import model_path as catalogue_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fixtures that start an engine: a test using one (directly or through another fixture) is `engine`.
-ENGINE_FIXTURES = {"server", "in_process", "chat_server"}
+ENGINE_FIXTURES = {"server", "in_process", "chat_server", "ray_cluster"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark by what a test needs: `model` when it takes what `make setup` assembles (the default model,
     which every default engine fixture starts from, the chat model, or the guards' data wheels),
-    `engine` when it takes a running engine. An explicit marker stays."""
+    `engine` when it takes a running engine. An explicit marker stays. `slow` tests are opt-in: they
+    run only when `-m` names them (`pytest -m slow`), since they need ~10 GB of RAM and minutes."""
+    opted_in = "slow" in (config.option.markexpr or "")
     for item in items:
+        if item.get_closest_marker("slow") and not opted_in:
+            item.add_marker(pytest.mark.skip(reason="opt-in: run with `pytest -m slow` (needs ~10 GB RAM)"))
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & {"model_path", "chat_model_path", "guard_data"}:
             item.add_marker(pytest.mark.model)
@@ -101,6 +105,18 @@ def chat_server(chat_spec):
     """llama-server on the chat model: /v1/chat/completions applies the model's own chat template."""
     with LlamaServer(chat_spec) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(llmops_home):
+    """One real two-node Ray cluster (1 CPU each) shared by the scale tests: starting one costs ~20-60 s.
+    Head on 127.0.0.2, worker on 127.0.0.3 (`LLMOPS_TEST_RAY_HEAD_IP` moves both, so two checkouts' runs on
+    one machine never share addresses); stopped by its own PIDs at the end. A test that deploys a Serve app
+    deletes it again (`serve_config.undeploy`)."""
+    from llmops_lib.scale.cluster import LocalRayCluster
+
+    with LocalRayCluster(nodes=2, cpus=1, head_ip=os.environ.get("LLMOPS_TEST_RAY_HEAD_IP", "127.0.0.2")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -62,7 +62,10 @@ def gateway(chat_server, tmp_path_factory):
     )
     with pytest.MonkeyPatch.context() as env:
         env.setenv(AUDIT_HOME_ENV, str(folder))  # the child gateway audits into the test's folder
-        with GatewayServer(config) as gw, httpx.Client(base_url=gw.base_url, timeout=120) as client:
+        with (
+            GatewayServer(config, start_timeout_s=300) as gw,
+            httpx.Client(base_url=gw.base_url, timeout=120) as client,
+        ):
             yield client, folder
 
 

@@ -47,6 +47,8 @@ from llmops_lib.observe.review_cli import review_app  # noqa: E402
 from llmops_lib.prompts.cli import prompt_app  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release import maturity_cli  # noqa: E402 - light: MLflow is imported on use
 from llmops_lib.release.cli import registry_app, rollout_app  # noqa: E402 - light: MLflow is imported on use
+from llmops_lib.scale import manifest_cli  # noqa: E402 - light: renderer and validator are imported on use
+from llmops_lib.scale.cli import scale_app  # noqa: E402 - light: Ray is imported on use
 
 app.add_typer(model_app, name="model")
 app.add_typer(runbook_app, name="runbook")
@@ -58,7 +60,10 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(scale_app, name="scale")
 app.command("maturity", help=maturity_cli.HELP)(maturity_cli.maturity_command)
+app.command("render", help=manifest_cli.RENDER_HELP)(manifest_cli.render_command)
+app.command("validate", help=manifest_cli.VALIDATE_HELP)(manifest_cli.validate_command)
 
 
 def resolve_model(model: str | None) -> Path:

@@ -22,13 +22,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from llmops_lib import datafile
 from llmops_lib.about import cpu_model
 from llmops_lib.config import REPO_ROOT
 from llmops_lib.engines.metrics import COMMON_NAMES
@@ -151,7 +150,7 @@ class Ecosystem(BaseModel):
 
 def default_path() -> Path:
     """The shipped `llmops_lib/data/ecosystem.yml`."""
-    return Path(str(resources.files("llmops_lib") / "data" / "ecosystem.yml"))
+    return datafile.shipped("ecosystem.yml")
 
 
 def load(path: str | Path | None = None) -> Ecosystem:
@@ -160,29 +159,7 @@ def load(path: str | Path | None = None) -> Ecosystem:
     Raises:
         SpecError: the file is missing, not YAML, or a row breaks the schema (the message names it).
     """
-    path = Path(path) if path is not None else default_path()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"cannot read the ecosystem file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return Ecosystem.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = _where(data, error["loc"])
-        raise SpecError(f"{path}: {where}: {error['msg']} (fix that row; see the file's header)") from None
-
-
-def _where(data: object, loc: tuple) -> str:
-    """`tools[3] (SGLang).sources` for a pydantic error location: the row named by its tool."""
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    if len(loc) > 1 and loc[0] == "tools" and isinstance(loc[1], int) and isinstance(data, dict):
-        row = data["tools"][loc[1]]
-        if isinstance(row, dict) and "name" in row:
-            text = text.replace(f"tools[{loc[1]}]", f"tools[{loc[1]}] ({row['name']})", 1)
-    return text or "top level"
+    return datafile.load(path if path is not None else default_path(), Ecosystem, "the ecosystem file")
 
 
 # --- our side ------------------------------------------------------------------------------------

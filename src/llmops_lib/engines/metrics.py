@@ -1,9 +1,11 @@
-"""One vocabulary for engine metrics: llama-server's `llamacpp:*`, vLLM's `vllm:*` and the gateway's own.
+"""One vocabulary for engine metrics: llama-server's `llamacpp:*`, vLLM's `vllm:*`, Ray's and the gateway's own.
 
 Each engine names the same quantity differently (generated tokens are `llamacpp:tokens_predicted_total`
 on one and `vllm:generation_tokens_total` on the other). Dashboards, the gateway's `/metrics`, the
 serving benchmark and the release controller read the common names below, so they work on either
 engine unchanged. Samples of a series are summed over their labels (vLLM labels by engine and model).
+On a Ray cluster vLLM reports through Ray (`ray_vllm_*`, Ray Serve LLM) beside Serve's own `ray_serve_*`,
+on each node's metrics endpoint (`scale.metrics` sums the nodes).
 The text is parsed by `prometheus_client.parser`, as Prometheus reads it: a malformed exposition is
 refused whole, as a Prometheus scrape of it would fail.
 
@@ -22,31 +24,84 @@ from llmops_lib.errors import EngineError
 #: Common name -> the series that carry it, by engine, first match wins. A `{k="v"}` suffix keeps
 #: only samples with those labels.
 COMMON_NAMES: dict[str, tuple[str, ...]] = {
-    "requests_running": ("llamacpp:requests_processing", "vllm:num_requests_running"),
-    "requests_waiting": ("llamacpp:requests_deferred", "vllm:num_requests_waiting", "llmops_gateway_queue_depth"),
+    "requests_running": (
+        "llamacpp:requests_processing",
+        "vllm:num_requests_running",
+        "ray_vllm_num_requests_running",
+        "ray_serve_replica_processing_queries",
+    ),
+    "requests_waiting": (
+        "llamacpp:requests_deferred",
+        "vllm:num_requests_waiting",
+        "ray_vllm_num_requests_waiting",
+        "ray_serve_deployment_queued_queries",
+        "llmops_gateway_queue_depth",
+    ),
     "prompt_tokens_total": (
         "llamacpp:prompt_tokens_total",
         "vllm:prompt_tokens_total",
+        "ray_vllm_prompt_tokens_total",
         'llmops_gateway_tokens_total{direction="in"}',
     ),
     "generation_tokens_total": (
         "llamacpp:tokens_predicted_total",
         "vllm:generation_tokens_total",
+        "ray_vllm_generation_tokens_total",
         'llmops_gateway_tokens_total{direction="out"}',
     ),
-    "prompt_seconds_total": ("llamacpp:prompt_seconds_total", "vllm:request_prefill_time_seconds_sum"),
-    "generation_seconds_total": ("llamacpp:tokens_predicted_seconds_total", "vllm:request_decode_time_seconds_sum"),
-    "kv_cache_usage_ratio": ("llamacpp:kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-    "prefix_cache_queries_total": ("vllm:prefix_cache_queries_total",),
-    "prefix_cache_hits_total": ("vllm:prefix_cache_hits_total",),
-    "requests_finished_total": ("vllm:request_success_total", "llmops_gateway_requests_total"),
-    "ttft_seconds_sum": ("vllm:time_to_first_token_seconds_sum", "llmops_gateway_ttft_seconds_sum"),
-    "ttft_seconds_count": ("vllm:time_to_first_token_seconds_count", "llmops_gateway_ttft_seconds_count"),
-    "e2e_seconds_sum": ("vllm:e2e_request_latency_seconds_sum", "llmops_gateway_e2e_seconds_sum"),
-    "e2e_seconds_count": ("vllm:e2e_request_latency_seconds_count", "llmops_gateway_e2e_seconds_count"),
+    "prompt_seconds_total": (
+        "llamacpp:prompt_seconds_total",
+        "vllm:request_prefill_time_seconds_sum",
+        "ray_vllm_request_prefill_time_seconds_sum",
+    ),
+    "generation_seconds_total": (
+        "llamacpp:tokens_predicted_seconds_total",
+        "vllm:request_decode_time_seconds_sum",
+        "ray_vllm_request_decode_time_seconds_sum",
+    ),
+    "kv_cache_usage_ratio": (
+        "llamacpp:kv_cache_usage_ratio",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "ray_vllm_kv_cache_usage_perc",
+    ),
+    "prefix_cache_queries_total": ("vllm:prefix_cache_queries_total", "ray_vllm_prefix_cache_queries_total"),
+    "prefix_cache_hits_total": ("vllm:prefix_cache_hits_total", "ray_vllm_prefix_cache_hits_total"),
+    "requests_finished_total": (
+        "vllm:request_success_total",
+        "ray_vllm_request_success_total",
+        "ray_serve_deployment_request_counter_total",
+        "llmops_gateway_requests_total",
+    ),
+    "ttft_seconds_sum": (
+        "vllm:time_to_first_token_seconds_sum",
+        "ray_vllm_time_to_first_token_seconds_sum",
+        "llmops_gateway_ttft_seconds_sum",
+    ),
+    "ttft_seconds_count": (
+        "vllm:time_to_first_token_seconds_count",
+        "ray_vllm_time_to_first_token_seconds_count",
+        "llmops_gateway_ttft_seconds_count",
+    ),
+    "e2e_seconds_sum": (
+        "vllm:e2e_request_latency_seconds_sum",
+        "ray_vllm_e2e_request_latency_seconds_sum",
+        "llmops_gateway_e2e_seconds_sum",
+    ),
+    "e2e_seconds_count": (
+        "vllm:e2e_request_latency_seconds_count",
+        "ray_vllm_e2e_request_latency_seconds_count",
+        "llmops_gateway_e2e_seconds_count",
+    ),
 }
 
-_ENGINE_PREFIXES = (("vllm:", "vllm"), ("llamacpp:", "llamacpp"), ("llmops_gateway_", "gateway"))
+_ENGINE_PREFIXES = (
+    ("vllm:", "vllm"),
+    ("ray_vllm_", "vllm"),
+    ("llamacpp:", "llamacpp"),
+    ("llmops_gateway_", "gateway"),
+    ("ray_serve_", "ray"),
+)
 
 
 def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
@@ -112,7 +167,7 @@ def common_samples(text: str) -> dict[str, float]:
 
 
 def engine_of(text: str) -> str | None:
-    """Which engine wrote this exposition: "vllm", "llamacpp", "gateway", or None.
+    """Which engine wrote this exposition: "vllm", "llamacpp", "gateway", "ray" (Serve alone), or None.
 
     Raises:
         EngineError: the text is not a Prometheus text exposition.

@@ -31,7 +31,8 @@ app = typer.Typer(
     help=(
         "Operate LLMs with the LLMOps Handbook's library: inspect models, serve them, put a gateway in front, "
         "load-test them, evaluate them, release versions, version prompts, review unsure answers, issue API keys, "
-        "verify the audit log, erase personal data, run runbooks."
+        "verify the audit log, erase personal data, run runbooks, scale out on a Ray cluster, render and validate "
+        "Kubernetes manifests."
     ),
     no_args_is_help=True,
     add_completion=False,
